@@ -1,0 +1,18 @@
+# The two entry points. Both install what they need (Debian packages, virtual environments)
+# and can be run any number of times.
+.PHONY: demo test setup lint clean
+
+demo: setup
+	bash tools/demo.sh
+
+test:
+	bash tools/test.sh
+
+setup:
+	bash tools/setup.sh
+
+lint: setup
+	PATH="$(CURDIR)/.venv/bin:$$PATH" ANSIBLE_COLLECTIONS_PATH="$(CURDIR)/.build/collections" ansible-lint --profile production --offline
+
+clean:
+	rm -rf .build tests/output

@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# Runs every test of the collection: lint, sanity and units on both ends of the supported
+# ansible-core range (2.19 on Python 3.11, 2.21 on Python 3.12), units of module code on
+# Python 3.9 (RHEL 9's platform Python), the Molecule scenarios, the changelog lint, the
+# documentation render and the built tarball through galaxy-importer.
+#
+# Every stage runs even when an earlier one fails; the last line counts test cases (pytest's
+# own cases from the JUnit files, plus one per other check) as "N passed, N failed".
+#
+# Environment: STAGES="lint sanity units molecule build docs changelog" to run a subset;
+#              MOLECULE_SCENARIOS="image_list ..." to run only those scenarios.
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+bash tools/setup.sh || { echo "setup failed"; echo "total: 0 passed, 1 failed"; exit 1; }
+
+STAGES="${STAGES:-lint sanity units molecule build docs changelog}"
+OUT="$ROOT/tests/output/run"
+rm -rf "$OUT"
+mkdir -p "$OUT/junit"
+WORK="$(mktemp -d /tmp/airgap-microshift-test.XXXXXX)"
+trap 'rm -rf "$WORK"' EXIT
+
+# pyenv's interpreters by their pythonX.Y names, so ansible-test finds every target Python.
+if command -v pyenv >/dev/null 2>&1; then
+    for dir in "$(pyenv root)"/versions/3.*/bin; do PATH="$dir:$PATH"; done
+fi
+export PATH="$ROOT/.venv/bin:$PATH"
+export ANSIBLE_COLLECTIONS_PATH="$ROOT/.build/collections"
+export ANSIBLE_FORCE_COLOR=0 PY_COLORS=0 ANSIBLE_NOCOLOR=1
+
+checks_passed=0
+checks_failed=0
+failed_names=()
+
+check() {
+    # check NAME COMMAND...: runs one check, logs it, and tallies it.
+    local name="$1"
+    shift
+    local log="$OUT/${name//[^A-Za-z0-9_.-]/_}.log"
+    local started=$SECONDS
+    printf '\n=== %s\n' "$name"
+    if "$@" >"$log" 2>&1; then
+        checks_passed=$((checks_passed + 1))
+        printf -- '--- PASS %s (%ss)\n' "$name" "$((SECONDS - started))"
+        tail -n 3 "$log"
+    else
+        checks_failed=$((checks_failed + 1))
+        failed_names+=("$name")
+        printf -- '--- FAIL %s (%ss); last lines of %s:\n' "$name" "$((SECONDS - started))" "$log"
+        grep -v "^WARNING: Location" "$log" | tail -n 40
+    fi
+}
+
+want() { [[ " $STAGES " == *" $1 "* ]]; }
+
+layout() {
+    # A copy of the collection in WORK/<tag>/ansible_collections/airgap/microshift.
+    bash tools/layout.sh "$WORK/$1"
+}
+
+run_ansible_test() {
+    # run_ansible_test VENV TAG ARGS...: ansible-test from VENV in a fresh layout copy.
+    local venv="$1" tag="$2"
+    shift 2
+    local dir
+    dir="$(layout "$tag")" || return 1
+    (cd "$dir" && "$ROOT/$venv/bin/ansible-test" "$@" --color no)
+    local rc=$?
+    cp "$dir"/tests/output/junit/*.xml "$OUT/junit/" 2>/dev/null || true
+    return $rc
+}
+
+if want lint; then
+    check "ansible-lint (profile production)" ansible-lint --profile production --offline
+fi
+
+if want sanity; then
+    # Without --python, compile and import run on every target Python (3.8/3.9 ... 3.13).
+    check "sanity ansible-core 2.19" run_ansible_test .venv sanity-2.19 sanity --venv
+    check "sanity ansible-core 2.21" run_ansible_test .venv-2.21 sanity-2.21 sanity --venv
+fi
+
+if want units; then
+    check "units ansible-core 2.19 Python 3.11" run_ansible_test .venv units-2.19 units --venv --python 3.11 --num-workers 2
+    check "units ansible-core 2.19 Python 3.9 (module code)" run_ansible_test .venv units-3.9 units --venv --python 3.9 --num-workers 2
+    check "units ansible-core 2.21 Python 3.12" run_ansible_test .venv-2.21 units-2.21 units --venv --python 3.12 --num-workers 2
+fi
+
+if want molecule; then
+    scenarios="${MOLECULE_SCENARIOS:-$(cd extensions/molecule && for s in */molecule.yml; do dirname "$s"; done | sort)}"
+    for scenario in $scenarios; do
+        check "molecule $scenario" bash -c "cd extensions && molecule test -s $scenario"
+    done
+fi
+
+if want build; then
+    build_and_import() {
+        rm -f "$WORK"/airgap-microshift-*.tar.gz
+        ansible-galaxy collection build --force --output-path "$WORK" . || return 1
+        local tarball
+        tarball="$(ls "$WORK"/airgap-microshift-*.tar.gz)"
+        # galaxy-importer runs ansible-lint and ansible-test sanity on its own; those need the
+        # collection's Python dependencies, which the importer's environment has.
+        (cd "$WORK" && PATH="$ROOT/.venv-importer/bin:$PATH" "$ROOT/.venv-importer/bin/python" -m galaxy_importer.main "$tarball") \
+            | tee "$WORK/importer.log"
+        ! grep -E "^(ERROR|CRITICAL)" "$WORK/importer.log"
+    }
+    check "collection build and galaxy-importer" build_and_import
+fi
+
+if want docs; then
+    render_docs() {
+        local plugin role
+        for plugin in plugins/modules/*.py; do
+            plugin="$(basename "$plugin" .py)"
+            ansible-doc "airgap.microshift.$plugin" >/dev/null || { echo "ansible-doc failed for $plugin"; return 1; }
+            echo "module $plugin: ok"
+        done
+        for plugin in plugins/filter/*.py; do
+            [ -e "$plugin" ] || continue
+            grep -q "DOCUMENTATION" "$plugin" || continue
+            plugin="$(basename "$plugin" .py)"
+            ansible-doc -t filter "airgap.microshift.$plugin" >/dev/null || { echo "ansible-doc failed for filter $plugin"; return 1; }
+        done
+        for role in roles/*/; do
+            role="$(basename "$role")"
+            ansible-doc -t role "airgap.microshift.$role" >/dev/null || { echo "ansible-doc failed for role $role"; return 1; }
+            echo "role $role: ok"
+        done
+    }
+    check "ansible-doc renders every module and role" render_docs
+fi
+
+if want changelog; then
+    check "antsibull-changelog lint" antsibull-changelog lint
+fi
+
+# Count: every pytest case from the JUnit files, plus every other check.
+read -r junit_passed junit_failed < <(python3 - "$OUT/junit" <<'EOF'
+import glob
+import sys
+import xml.etree.ElementTree as ET
+
+passed = failed = 0
+for path in glob.glob(sys.argv[1] + "/*.xml"):
+    for case in ET.parse(path).getroot().iter("testcase"):
+        if case.find("failure") is not None or case.find("error") is not None:
+            failed += 1
+        elif case.find("skipped") is None:
+            passed += 1
+print(passed, failed)
+EOF
+)
+echo
+echo "checks: ${checks_passed} passed, ${checks_failed} failed"
+echo "pytest cases (from JUnit): ${junit_passed} passed, ${junit_failed} failed"
+for name in "${failed_names[@]}"; do echo "FAILED: $name"; done
+total_passed=$((checks_passed + junit_passed))
+total_failed=$((checks_failed + junit_failed))
+echo "total: ${total_passed} passed, ${total_failed} failed"
+[ "$total_failed" -eq 0 ] && [ "$total_passed" -gt 0 ]
