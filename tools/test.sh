@@ -7,16 +7,17 @@
 # Every stage runs even when an earlier one fails; the last line counts test cases (pytest's
 # own cases from the JUnit files, plus one per other check) as "N passed, N failed".
 #
-# Environment: STAGES="lint sanity units molecule build docs changelog" to run a subset;
+# Environment: STAGES="lint sanity units sandbox molecule build docs changelog" to run a subset;
 #              MOLECULE_SCENARIOS="image_list ..." to run only those scenarios.
 set -uo pipefail
+shopt -s nullglob
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
+cd "$ROOT" || exit 1
 
 bash tools/setup.sh || { echo "setup failed"; echo "total: 0 passed, 1 failed"; exit 1; }
 
-STAGES="${STAGES:-lint sanity units molecule build docs changelog}"
+STAGES="${STAGES:-lint sanity units sandbox molecule build docs changelog}"
 OUT="$ROOT/tests/output/run"
 rm -rf "$OUT"
 mkdir -p "$OUT/junit"
@@ -87,6 +88,12 @@ if want units; then
     check "units ansible-core 2.19 Python 3.11" run_ansible_test .venv units-2.19 units --venv --python 3.11 --num-workers 2
     check "units ansible-core 2.19 Python 3.9 (module code)" run_ansible_test .venv units-3.9 units --venv --python 3.9 --num-workers 2
     check "units ansible-core 2.21 Python 3.12" run_ansible_test .venv-2.21 units-2.21 units --venv --python 3.12 --num-workers 2
+fi
+
+if want sandbox; then
+    # The test bed's own tests: registries, namespaces, the WAN proxy and the release generator.
+    check "test bed self-tests" python -m pytest -p no:cacheprovider -q tests/sandbox/tests \
+        --junitxml="$OUT/junit/sandbox.xml"
 fi
 
 if want molecule; then
