@@ -1,5 +1,6 @@
 # Copyright: airgap.microshift contributors
-# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Test CAs, server certificates, htpasswd files and container auth files (openssl, htpasswd)."""
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 # Copyright: airgap.microshift contributors
-# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """A user-space WAN emulator: a TCP proxy with a bandwidth cap, added latency and faults.
 
 It runs as its own process (``python proxy.py --config FILE``), one listener per upstream. Two

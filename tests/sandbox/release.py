@@ -1,5 +1,6 @@
 # Copyright: airgap.microshift contributors
-# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Synthetic MicroShift releases for the test bed.
 
 A synthetic release has the shape of a real one (the release-info files of a MicroShift version
@@ -273,7 +274,7 @@ def build_rpm(release_dir, out_dir, version_base, seed, work_dir):
 Version: %(version)s
 Release: 0.amsb%(seed)s
 Summary: Release information for a synthetic MicroShift test release
-License: Apache-2.0
+License: GPL-3.0-or-later
 BuildArch: noarch
 
 %%description
