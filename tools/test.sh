@@ -7,7 +7,7 @@
 # Every stage runs even when an earlier one fails; the last line counts test cases (pytest's
 # own cases from the JUnit files, plus one per other check) as "N passed, N failed".
 #
-# Environment: STAGES="lint sanity units sandbox molecule build docs changelog" to run a subset;
+# Environment: STAGES="lint sanity units sandbox molecule build ee docs changelog" to run a subset;
 #              MOLECULE_SCENARIOS="image_list ..." to run only those scenarios.
 set -uo pipefail
 shopt -s nullglob
@@ -17,7 +17,7 @@ cd "$ROOT" || exit 1
 
 bash tools/setup.sh || { echo "setup failed"; echo "total: 0 passed, 1 failed"; exit 1; }
 
-STAGES="${STAGES:-lint sanity units sandbox molecule build docs changelog}"
+STAGES="${STAGES:-lint sanity units sandbox molecule build ee docs changelog}"
 OUT="$ROOT/tests/output/run"
 rm -rf "$OUT"
 mkdir -p "$OUT/junit"
@@ -116,6 +116,24 @@ if want build; then
         ! grep -E "^(ERROR|CRITICAL)" "$WORK/importer.log"
     }
     check "collection build and galaxy-importer" build_and_import
+fi
+
+if want ee; then
+    check_ee_context() {
+        # The execution environment's build context, and what ansible-builder's introspection
+        # finds in this collection (the dependencies an execution environment installs for it).
+        local ctx="$WORK/ee-context"
+        rm -rf "$ctx"
+        ansible-builder create -f execution-environment.yml -c "$ctx" || return 1
+        grep -q "install-from-bindep" "$ctx/Containerfile" || { echo "Containerfile installs no bindep packages"; return 1; }
+        grep -q "^skopeo" "$ctx/_build/bindep.txt" || { echo "skopeo missing from the EE bindep.txt"; return 1; }
+        grep -q "airgap.microshift" "$ctx/_build/requirements.yml" || { echo "the EE does not install airgap.microshift"; return 1; }
+        python3 "$ctx/_build/scripts/introspect.py" introspect "$ROOT/.build/collections" > "$ctx/introspect.yml" || return 1
+        cat "$ctx/introspect.yml"
+        grep -q "skopeo.*from collection airgap.microshift" "$ctx/introspect.yml" || { echo "introspection misses skopeo"; return 1; }
+        grep -q "jmespath.*from collection airgap.microshift" "$ctx/introspect.yml" || { echo "introspection misses jmespath"; return 1; }
+    }
+    check "execution environment build context (ansible-builder create)" check_ee_context
 fi
 
 if want docs; then
