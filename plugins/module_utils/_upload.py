@@ -1,0 +1,654 @@
+# Copyright: airgap.microshift contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Plan and run the upload of an image store (or a ``dir:`` tree) into a mirror registry.
+
+Plain functions and classes with no Ansible dependency: the module gives them a ``run``
+callable (``args -> (rc, stdout, stderr)``) and they build every skopeo command line, read
+the store, name the mirror tags, schedule the pushes and classify failures.
+
+Two sources are read:
+
+- the image store (``store.json`` + OCI layouts sharing ``blobs/``), see docs/store-format.md;
+- a tree made by ``skopeo copy --all --preserve-digests docker://<ref> dir:<dir>/<ref without
+  registry>``: each image is a directory holding ``manifest.json`` (the top-level manifest or
+  index), ``<hex>.manifest.json`` per architecture when it is a list, and one file per blob
+  named by its hex digest.
+
+Pushes keep digests (``--all --preserve-digests``). Blobs shared between images are sent once:
+containers/image mounts a blob from another repository of the same registry when its blob-info
+cache knows the blob is there, so two pushes that need the same blob never run at the same time
+(the first one uploads it, the later ones mount it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+
+from ansible_collections.airgap.microshift.plugins.module_utils._reference import (
+    InvalidReference,
+    is_digest,
+    mirror_repository,
+    parse_reference,
+)
+from ansible_collections.airgap.microshift.plugins.module_utils._skopeo import (
+    PERMANENT,
+    RegistryOptions,
+    Skopeo,
+    SkopeoError,
+    classify_error,
+    subprocess_runner,
+)
+
+TAG_POLICIES = ("timestamp", "digest", "source", "none")
+SOURCE_FORMATS = ("store", "dir", "auto")
+STATUSES = ("pushed", "skipped", "failed")
+
+STORE_INDEX = "store.json"
+DIR_MANIFEST = "manifest.json"
+
+# A placeholder registry to parse dir-tree paths (which have none) with the reference grammar.
+_DIR_REGISTRY = "dir.invalid"
+
+INDEX_MEDIA_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
+MANIFEST_MEDIA_TYPES = (
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+
+_UPLOADED_RE = re.compile(r"Upload of layer (sha256:[0-9a-f]{64}) complete")
+_REUSED_RE = re.compile(r"Skipping blob (sha256:[0-9a-f]{64}) \(already present\)")
+
+
+class UploadError(Exception):
+    """A problem with the input (store, tree, options): one sentence naming the thing."""
+
+
+# --------------------------------------------------------------------------- tag naming
+
+def timestamp_stamp(now=None):
+    """The run's ``yymmddHHMMSS`` stamp, in UTC (``now`` is seconds since the epoch)."""
+    return time.strftime("%y%m%d%H%M%S", time.gmtime(time.time() if now is None else now))
+
+
+def timestamp_tag(stamp, counter):
+    """``mirror-<yymmddHHMMSS>-<counter>``: the tag the manual procedure gives each upload."""
+    if not re.match(r"^[0-9]{12}$", stamp or ""):
+        raise ValueError("%r is not a yymmddHHMMSS stamp" % (stamp,))
+    if not isinstance(counter, int) or isinstance(counter, bool) or counter < 1:
+        raise ValueError("%r is not a counter (a positive integer)" % (counter,))
+    return "mirror-%s-%d" % (stamp, counter)
+
+
+def digest_tag(digest):
+    """``sha256-<hex>``: a tag that names a digest (tags cannot hold ``:``)."""
+    if not is_digest(digest):
+        raise ValueError("%r is not a sha256 digest" % (digest,))
+    return digest.replace(":", "-", 1)
+
+
+def source_tag(ref_tag, digest):
+    """The source tag where the reference had one, else the digest tag."""
+    return ref_tag if ref_tag else digest_tag(digest)
+
+
+def assign_tags(images, policy, stamp):
+    """Set ``image.tag`` for the images to push (sorted by source), following ``policy``."""
+    if policy not in TAG_POLICIES:
+        raise ValueError("tag policy %r is not one of %s" % (policy, ", ".join(TAG_POLICIES)))
+    counter = 0
+    seen = {}
+    for image in sorted(images, key=lambda i: i.source):
+        if policy == "timestamp":
+            counter += 1
+            image.tag = timestamp_tag(stamp, counter)
+        elif policy == "digest":
+            image.tag = digest_tag(image.digest)
+        elif policy == "source":
+            image.tag = source_tag(image.source_tag, image.digest)
+        else:
+            image.tag = None
+        if image.tag:
+            key = (image.repository, image.tag)
+            if key in seen and seen[key] != image.digest:
+                raise UploadError(
+                    "Images %s and %s would both be tagged %s:%s with different digests; use tag_policy digest or timestamp."
+                    % (seen[key + ("source",)], image.source, image.repository, image.tag))
+            seen[key] = image.digest
+            seen[key + ("source",)] = image.source
+
+
+# --------------------------------------------------------------------------- images
+
+class Image:
+    """One image to upload: where it is, what it holds, and where it goes."""
+
+    def __init__(self, source, transport, path, digest, source_tag=None, repository_path=None):
+        self.source = source            # the ref as listed (store) or the tree path (dir)
+        self.transport = transport      # "oci" or "dir"
+        self.path = path                # the OCI layout or the image directory
+        self.digest = digest            # top-level manifest or index digest
+        self.source_tag = source_tag
+        self.repository_path = repository_path  # repository without registry (for the mirror)
+        self.manifests = []             # every manifest digest: top-level first, then per arch
+        self.blobs = {}                 # config and layer digests -> size
+        self.repository = None          # <mirror>[/<namespace>]/<repository>
+        self.tag = None
+        self.status = None
+        self.error = None
+        self.duplicate_of = None
+        self.uploaded = []              # blob digests skopeo reported as uploaded
+        self.reused = []                # blob digests skopeo reported as already there or mounted
+        self.attempts = 0
+
+    @property
+    def mirror_ref(self):
+        return "%s@%s" % (self.repository, self.digest)
+
+    def push_target(self):
+        return "docker://%s" % ("%s:%s" % (self.repository, self.tag) if self.tag else self.mirror_ref)
+
+    def mapping(self):
+        return {
+            "source": self.source,
+            "mirror": self.mirror_ref,
+            "digest": self.digest,
+            "tag": self.tag,
+            "status": self.status,
+        }
+
+
+def _sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1024 * 1024), b""):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def _load_json(path, what):
+    try:
+        with open(path, "rb") as handle:
+            return json.loads(handle.read().decode("utf-8"))
+    except (OSError, IOError) as exc:
+        raise UploadError("Cannot read %s %s: %s." % (what, path, exc))
+    except ValueError as exc:
+        raise UploadError("%s %s is not valid JSON: %s." % (what.capitalize(), path, exc))
+
+
+def walk_manifests(image, read_manifest):
+    """Fill ``image.manifests`` and ``image.blobs`` from the top-level manifest down.
+
+    ``read_manifest(digest, top)`` returns the parsed manifest or raises :class:`UploadError`.
+    """
+    pending = [(image.digest, True)]
+    while pending:
+        digest, top = pending.pop(0)
+        document = read_manifest(digest, top)
+        image.manifests.append(digest)
+        media_type = document.get("mediaType")
+        if media_type in INDEX_MEDIA_TYPES or (media_type is None and "manifests" in document):
+            for entry in document.get("manifests") or []:
+                pending.append((entry["digest"], False))
+        elif media_type in MANIFEST_MEDIA_TYPES or (media_type is None and "layers" in document):
+            for entry in [document["config"]] + list(document.get("layers") or []):
+                if entry.get("urls"):
+                    continue  # a foreign layer: the registry never had it
+                image.blobs[entry["digest"]] = int(entry.get("size") or 0)
+        else:
+            raise UploadError("Image %s has manifest %s of unsupported media type %r." % (image.source, digest, media_type))
+
+
+def detect_format(path):
+    """``store`` when ``path`` holds a store.json, ``dir`` when it holds image directories."""
+    if os.path.isfile(os.path.join(path, STORE_INDEX)):
+        return "store"
+    if not os.path.isdir(path):
+        raise UploadError("The image source %s is not a directory." % path)
+    return "dir"
+
+
+def load_store(store):
+    """The images of an image store, from its store.json."""
+    index_path = os.path.join(store, STORE_INDEX)
+    index = _load_json(index_path, "store index")
+    if not isinstance(index, dict) or index.get("format") != 1 or not isinstance(index.get("images"), dict):
+        raise UploadError("Store index %s is not a format 1 store index (with an images map)." % index_path)
+    blob_dir = os.path.join(store, "blobs", "sha256")
+    images = []
+    for ref in sorted(index["images"]):
+        entry = index["images"][ref]
+        try:
+            parsed = parse_reference(ref)
+        except InvalidReference as exc:
+            raise UploadError("Store index %s lists an invalid reference: %s." % (index_path, exc))
+        digest = entry.get("digest") if isinstance(entry, dict) else None
+        layout = entry.get("layout") if isinstance(entry, dict) else None
+        if not is_digest(digest) or not layout:
+            raise UploadError("Store index %s has no digest or layout for %s." % (index_path, ref))
+        image = Image(ref, "oci", os.path.join(store, layout), digest, parsed.tag, parsed.repository)
+
+        def read_manifest(digest, top, image=image):
+            path = os.path.join(blob_dir, digest.split(":", 1)[1])
+            if not os.path.isfile(path):
+                raise UploadError("Image %s is not complete in the store: manifest %s is missing from %s." % (image.source, digest, blob_dir))
+            return _load_json(path, "manifest")
+
+        walk_manifests(image, read_manifest)
+        if not os.path.isfile(os.path.join(image.path, "index.json")):
+            raise UploadError("Image %s has no OCI layout at %s." % (ref, image.path))
+        images.append(image)
+    return images
+
+
+def _dir_image(root, relpath):
+    """An image of a ``dir:`` tree at ``root/relpath`` (relpath is the ref without registry)."""
+    try:
+        parsed = parse_reference("%s/%s" % (_DIR_REGISTRY, relpath))
+    except InvalidReference:
+        raise UploadError("Directory %s does not name an image (<repository>[:tag][@sha256:<hex>])." % os.path.join(root, relpath))
+    path = os.path.join(root, relpath)
+    digest = _sha256_file(os.path.join(path, DIR_MANIFEST))
+    if parsed.digest and parsed.digest != digest:
+        raise UploadError("Image directory %s holds a manifest.json of digest %s, not the one its name pins." % (path, digest))
+    image = Image(relpath, "dir", path, digest, parsed.tag, parsed.repository)
+
+    def read_manifest(digest, top):
+        name = DIR_MANIFEST if top else "%s.manifest.json" % digest.split(":", 1)[1]
+        manifest_path = os.path.join(path, name)
+        if not os.path.isfile(manifest_path):
+            raise UploadError("Image directory %s has no %s (was it copied with --all?)." % (path, name))
+        return _load_json(manifest_path, "manifest")
+
+    walk_manifests(image, read_manifest)
+    return image
+
+
+def load_dir_tree(root):
+    """The images of a tree made by the manual procedure's ``dir:`` download loop."""
+    images = []
+    for current, dirs, files in os.walk(root):
+        dirs.sort()
+        if DIR_MANIFEST in files:
+            images.append(_dir_image(root, os.path.relpath(current, root)))
+            dirs[:] = []
+    if not images:
+        raise UploadError("No image directory (with a manifest.json) found under %s." % root)
+    return sorted(images, key=lambda i: i.source)
+
+
+def load_images(path, source_format="auto"):
+    """Images of a store or a ``dir:`` tree, and the format that was read."""
+    if source_format not in SOURCE_FORMATS:
+        raise UploadError("source_format %r is not one of %s." % (source_format, ", ".join(SOURCE_FORMATS)))
+    if not os.path.isdir(path):
+        raise UploadError("The image source %s is not a directory." % path)
+    fmt = detect_format(path) if source_format == "auto" else source_format
+    if fmt == "store":
+        if ":" in os.path.abspath(path):
+            raise UploadError("The store path %s contains ':', which skopeo's oci: transport cannot address." % path)
+        return load_store(path), fmt
+    return load_dir_tree(path), fmt
+
+
+def select_images(images, wanted):
+    """The images named in ``wanted`` (refs, or tree paths); all of them when it is empty."""
+    if not wanted:
+        return list(images)
+    by_name = {}
+    for image in images:
+        by_name[image.source] = image
+        if image.transport == "oci":
+            # A store ref also answers to its form without registry, like the dir tree.
+            by_name.setdefault(image.source.split("/", 1)[1], image)
+    chosen = []
+    missing = []
+    for ref in wanted:
+        image = by_name.get(ref)
+        if image is None and "/" in ref:
+            image = by_name.get(ref.split("/", 1)[1])
+        if image is None:
+            missing.append(ref)
+        elif image not in chosen:
+            chosen.append(image)
+    if missing:
+        raise UploadError("Not in the image source: %s." % ", ".join(missing))
+    return chosen
+
+
+def plan_repositories(images, mirror, namespace=None):
+    """Set each image's mirror repository; mark images that land on the same repo and digest as duplicates."""
+    primary = {}
+    for image in sorted(images, key=lambda i: i.source):
+        ref = image.source if image.transport == "oci" else "%s/%s" % (_DIR_REGISTRY, image.source)
+        image.repository = mirror_repository(ref, mirror, namespace)
+        key = (image.repository, image.digest)
+        if key in primary:
+            image.duplicate_of = primary[key]
+        else:
+            primary[key] = image
+    return [image for image in images if image.duplicate_of is None]
+
+
+# --------------------------------------------------------------------------- skopeo command lines
+
+_ABSENT_CAUSES = ("manifest unknown", "repository unknown")
+
+
+class Registry:
+    """How to reach the mirror (auth file, TLS settings) and the retry policy, on top of ``_skopeo``."""
+
+    def __init__(self, skopeo, authfile=None, tls_verify=True, cert_dir=None, runner=None, retries=3, retry_delay=2.0,
+                 sleep=None, rng=None):
+        self.skopeo = skopeo
+        self.options = RegistryOptions(authfile=authfile, tls_verify=tls_verify, cert_dir=cert_dir)
+        self.runner = runner
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.sleep = sleep
+        self.rng = rng
+
+    def tool(self, runner=None):
+        return Skopeo(self.skopeo, retries=self.retries, retry_delay=self.retry_delay, runner=runner or self.runner,
+                      sleep=self.sleep, rng=self.rng)
+
+    def copy_args(self, image, store=None):
+        """``skopeo --debug copy --all --preserve-digests`` of one image to the mirror.
+
+        ``--debug`` makes skopeo say which blobs it uploaded and which it found or mounted.
+        """
+        if image.transport == "oci":
+            source = "oci:%s" % os.path.abspath(image.path)
+            shared = os.path.join(store, "blobs")
+        else:
+            source = "dir:%s" % os.path.abspath(image.path)
+            shared = None
+        argv = self.tool().copy_argv(source, image.push_target(), dest_options=self.options, src_shared_blob_dir=shared)
+        return argv[:1] + ["--debug"] + argv[1:]
+
+    def inspect_args(self, repository, digest):
+        """``skopeo inspect --raw`` of ``repository@digest`` (fetches the manifest, writes nothing)."""
+        return self.tool().inspect_argv("%s@%s" % (repository, digest), self.options)
+
+    def push(self, image, store):
+        """Push ``image``; returns ``(ok, message)`` and records the blobs skopeo uploaded or reused."""
+        def runner(argv, env=None):
+            rc, out, err = (self.runner or subprocess_runner)(argv, env=env)
+            uploaded, reused = blob_report(err)
+            image.uploaded.extend(uploaded)
+            image.reused.extend(reused)
+            image.attempts += 1
+            return rc, out, err
+
+        try:
+            self.tool(runner).run(self.copy_args(image, store), what="Pushing %s to %s" % (image.source, image.push_target()[9:]))
+        except SkopeoError as exc:
+            return False, exc.message
+        return True, None
+
+    def served(self, repository, digest):
+        """``(True, None)`` when the mirror serves ``repository@digest`` with those exact bytes.
+
+        ``(False, None)`` when the registry says it is not there; ``(False, message)`` on any other
+        failure (auth, TLS, network after the retries).
+        """
+        ref = "%s@%s" % (repository, digest)
+        try:
+            result = self.tool().run(self.inspect_args(repository, digest), what="Checking %s" % ref)
+        except SkopeoError as exc:
+            if exc.kind == PERMANENT and exc.cause.startswith(_ABSENT_CAUSES):
+                return False, None
+            return False, exc.message
+        body = result.stdout if isinstance(result.stdout, bytes) else (result.stdout or "").encode("utf-8")
+        if "sha256:" + hashlib.sha256(body).hexdigest() == digest:
+            return True, None
+        return False, "Checking %s: the mirror returned a manifest of another digest" % ref
+
+
+def classify_failure(message):
+    """``permanent`` (auth, TLS, unknown) or ``transient`` (network, 429, 5xx), as ``_skopeo`` decides."""
+    return classify_error(message)[0]
+
+
+def blob_report(stderr):
+    """Blobs skopeo uploaded and blobs it found already there (or mounted), from ``--debug`` output."""
+    return _UPLOADED_RE.findall(stderr or ""), _REUSED_RE.findall(stderr or "")
+
+
+# --------------------------------------------------------------------------- scheduling
+
+def run_scheduled(images, parallel, work, should_stop=lambda: False):
+    """Run ``work(image)`` for every image on up to ``parallel`` threads, in list order.
+
+    An image whose blobs overlap the blobs of an image being pushed right now waits until that
+    push ends, so the first push uploads a shared blob and later ones find it (and mount it)
+    instead of uploading it a second time. ``work`` returns True when the image's blobs are
+    now on the registry. Once ``should_stop()`` is true no new work starts.
+    """
+    lock = threading.Condition()
+    pending = list(images)
+    busy = {}        # blob digest -> number of running pushes that need it
+    present = set()  # blobs a finished push put on the registry
+    running = [0]
+    errors = []
+
+    def claim():
+        """The first pending image that does not wait for a running push, or None."""
+        for image in pending:
+            if not any(blob in busy for blob in image.blobs if blob not in present):
+                pending.remove(image)
+                needed = [blob for blob in image.blobs if blob not in present]
+                for blob in needed:
+                    busy[blob] = busy.get(blob, 0) + 1
+                return image, needed
+        return None, None
+
+    def worker():
+        while True:
+            with lock:
+                while True:
+                    if should_stop() or not pending or errors:
+                        return
+                    image, needed = claim()
+                    if image is not None:
+                        running[0] += 1
+                        break
+                    lock.wait()
+            ok = False
+            try:
+                ok = work(image)
+            except Exception as exc:  # pylint: disable=broad-except
+                with lock:
+                    errors.append(exc)
+            finally:
+                with lock:
+                    running[0] -= 1
+                    for blob in needed:
+                        busy[blob] -= 1
+                        if not busy[blob]:
+                            del busy[blob]
+                    if ok:
+                        present.update(needed)
+                    lock.notify_all()
+
+    threads = [threading.Thread(target=worker) for dummy in range(max(1, min(parallel, len(images) or 1)))]
+    for thread in threads:
+        thread.daemon = True
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return pending
+
+
+def run_parallel(items, parallel, work):
+    """``work(item)`` for every item on up to ``parallel`` threads (no ordering constraints)."""
+    lock = threading.Lock()
+    queue = list(items)
+    results = {}
+    errors = []
+
+    def worker():
+        while True:
+            with lock:
+                if not queue or errors:
+                    return
+                index = len(items) - len(queue)
+                item = queue.pop(0)
+            try:
+                result = work(item)
+            except Exception as exc:  # pylint: disable=broad-except
+                with lock:
+                    errors.append(exc)
+                return
+            with lock:
+                results[index] = result
+
+    threads = [threading.Thread(target=worker) for dummy in range(max(1, min(parallel, len(items) or 1)))]
+    for thread in threads:
+        thread.daemon = True
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return [results[index] for index in range(len(items))]
+
+
+# --------------------------------------------------------------------------- the upload
+
+class Upload:
+    """One run: check what the mirror has, push the rest, verify, and report."""
+
+    def __init__(self, registry, images, store=None, parallel=4, keep_going=False):
+        self.registry = registry
+        self.images = images            # every selected image (duplicates included)
+        self.store = store
+        self.parallel = max(1, int(parallel))
+        self.keep_going = keep_going
+        self.stopped = False
+
+    @property
+    def primaries(self):
+        return [image for image in self.images if image.duplicate_of is None]
+
+    def check_present(self):
+        """Mark the images the mirror already serves as skipped; fail the ones that cannot be checked."""
+        def check(image):
+            served, message = self.registry.served(image.repository, image.digest)
+            if message:
+                image.status = "failed"
+                image.error = "Cannot check %s on the mirror: %s" % (image.source, message)
+            elif served:
+                image.status = "skipped"
+                image.tag = None
+            return image
+
+        run_parallel(self.primaries, self.parallel, check)
+        if not self.keep_going and any(image.status == "failed" for image in self.primaries):
+            self.stopped = True
+        return [image for image in self.primaries if image.status is None]
+
+    def push_all(self, to_push):
+        """Push the images (already tagged), scheduling shared blobs once; returns True when all went well."""
+        def push(image):
+            ok, message = self.registry.push(image, self.store)
+            if ok:
+                image.status = "pushed"
+                return True
+            image.status = "failed"
+            image.error = message
+            if not self.keep_going:
+                self.stopped = True
+            return False
+
+        order = sorted(to_push, key=lambda i: i.source)
+        left = run_scheduled(order, self.parallel, push, lambda: self.stopped)
+        for image in left:
+            image.status = "failed"
+            image.error = "Not pushed: %s stopped the upload (keep_going is false)." % self.first_failure().source
+        return all(image.status == "pushed" for image in to_push)
+
+    def first_failure(self):
+        for image in self.primaries:
+            if image.status == "failed":
+                return image
+        return None
+
+    def verify(self):
+        """Every manifest (top-level and per arch) of every image the run did not fail, served by the mirror.
+
+        Returns ``[(image, digest, problem)]`` for those it does not serve.
+        """
+        checks = [(image, digest) for image in self.primaries if image.status in ("pushed", "skipped") for digest in image.manifests]
+
+        def check(item):
+            image, digest = item
+            served, message = self.registry.served(image.repository, digest)
+            if served:
+                return None
+            return image, digest, message or "not served"
+
+        missing = [result for result in run_parallel(checks, self.parallel, check) if result]
+        for image, dummy, dummy2 in missing:
+            image.status = "failed"
+            image.error = "The mirror does not serve every manifest of %s after the push." % image.source
+        return missing
+
+    def finish(self):
+        """Copy each primary's outcome to its duplicates."""
+        for image in self.images:
+            if image.duplicate_of is not None:
+                primary = image.duplicate_of
+                image.status = primary.status
+                image.tag = primary.tag
+                image.error = primary.error
+
+    def summary(self, duration):
+        counts = dict((status, 0) for status in STATUSES)
+        for image in self.images:
+            counts[image.status or "failed"] = counts.get(image.status or "failed", 0) + 1
+        sizes = {}
+        for image in self.primaries:
+            sizes.update(image.blobs)
+        uploaded = set()
+        reused = set()
+        for image in self.primaries:
+            uploaded.update(image.uploaded)
+            reused.update(image.reused)
+        uploads = sum(len(image.uploaded) for image in self.primaries)
+        counts.update({
+            "images": len(self.images),
+            "bytes": sum(sizes.get(blob, 0) for image in self.primaries for blob in image.uploaded),
+            "blobs_uploaded": uploads,
+            "blobs_reused": len(reused - uploaded),
+            "duration": round(duration, 3),
+        })
+        return counts
+
+
+def planned_summary(images, to_push):
+    """The summary of a check-mode run: what would be pushed and how many bytes at most."""
+    counts = dict((status, 0) for status in STATUSES)
+    for image in images:
+        counts[image.status or "failed"] += 1
+    sizes = {}
+    for image in to_push:
+        sizes.update(image.blobs)
+    counts.update({"images": len(images), "bytes": sum(sizes.values()), "blobs_uploaded": 0, "blobs_reused": 0, "duration": 0.0})
+    return counts
+
+
+def mapping_document(images):
+    """The mapping list, in source order."""
+    return [image.mapping() for image in sorted(images, key=lambda i: i.source)]
