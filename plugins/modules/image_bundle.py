@@ -1,0 +1,424 @@
+#!/usr/bin/python
+# Copyright: airgap.microshift contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: image_bundle
+short_description: Carry an image store across an air gap as verified volumes
+version_added: 0.1.0
+description:
+  - Turns an image store (see C(docs/store-format.md)) into a transfer set of volume
+    directories C(vol-001), C(vol-002)... that fit on removable media, checks such a set on the
+    air-gapped side, rebuilds the store from it, and records what the air-gapped side holds so
+    the next set carries only new blobs.
+  - Every file name in a transfer set is portable (ASCII letters, digits, C(-), C(_), C(.)) and no
+    file is larger than O(part_size), so FAT32, exFAT, NTFS, UDF and ISO 9660 media all take it.
+  - Each volume holds a C(bundle.json) manifest and a C(SHA256SUMS) file in coreutils format, so
+    C(cd vol-001 && sha256sum -c SHA256SUMS) checks a volume by hand.
+  - Blobs are hashed while they are copied, in both directions; a blob whose content does not match
+    its digest is never packed and never written into a store.
+author:
+  - airgap.microshift contributors (@airgap-microshift)
+options:
+  state:
+    description:
+      - V(pack) writes the transfer set at O(dest) from the store at O(store).
+      - V(verify) checks the volumes under O(src) (sizes, then the sha256 of every file) and fails
+        naming the missing volumes and the missing, short or corrupt files.
+      - V(unpack) rebuilds or updates the store at O(store) from the volumes under O(src).
+      - V(receipt) writes to O(dest) what the store at O(store) holds, to carry back to the
+        connected side for the next delta (O(receipt)).
+    type: str
+    required: true
+    choices: [pack, verify, unpack, receipt]
+    aliases: [action]
+  store:
+    description:
+      - The image store. Read by V(pack) and V(receipt), written by V(unpack).
+      - Required with O(state=pack), O(state=unpack) and O(state=receipt).
+    type: path
+  dest:
+    description:
+      - With O(state=pack), the directory the volume directories are written into (a mounted
+        medium or a staging directory). Created when missing.
+      - With O(state=receipt), the receipt file to write.
+    type: path
+  src:
+    description:
+      - With O(state=verify) and O(state=unpack), where the volumes are. Each path is a volume
+        directory (C(vol-NNN)) or a directory holding volume directories, for example the mount
+        points of several media. The volumes may be found in any order.
+    type: list
+    elements: path
+  volume_size:
+    description:
+      - The largest volume, in bytes or with a unit (V(700MiB), V(4.7GB), V(2G); C(K), C(M), C(G), C(T)
+        alone are decimal, C(KiB), C(MiB), C(GiB), C(TiB) binary) or the name of a medium
+        (V(fat32) = 4 GiB - 1 byte, V(cd) = 737280000, V(dvd) = 4700372992, V(dvd-dl) = 8543666176,
+        V(bd25) = 25025314816, V(bd50) = 50050629632).
+      - Counts every file of the volume, C(bundle.json) and C(SHA256SUMS) included.
+      - When omitted, the set is one volume.
+    type: str
+  part_size:
+    description:
+      - The largest file. A blob larger than this or than a volume is split into numbered parts
+        (C(<hex>.part-001)...), joined again by O(state=unpack).
+      - The default keeps every file within FAT32's limit.
+    type: str
+    default: fat32
+  release:
+    description:
+      - A label recorded in the manifest and the receipt, for example the MicroShift version.
+    type: str
+  versions:
+    description:
+      - Further version labels recorded in the manifest (for example each component's version).
+    type: list
+    elements: str
+    default: []
+  receipt:
+    description:
+      - With O(state=pack), a receipt written by O(state=receipt) on the air-gapped side; the set
+        then carries only the blobs the receipt does not list (a delta).
+    type: path
+  base:
+    description:
+      - With O(state=pack), the C(bundle.json) of an earlier set that the air-gapped side has
+        unpacked; the new set is a delta that carries only the blobs that set did not hold.
+    type: path
+  parallel:
+    description:
+      - How many files are copied or hashed at the same time.
+    type: int
+    default: 4
+  link:
+    description:
+      - With O(state=pack), hard-link whole blobs into the volumes instead of copying them when
+        O(dest) is on the store's filesystem (a staging directory). The blobs are still hashed.
+    type: bool
+    default: false
+  volumes:
+    description:
+      - With O(state=pack), write only these volume numbers (for example V([2]) to fill the
+        second medium). The plan is the same as for the whole set.
+      - Part files of a split blob are hashed when they are written, so pack the whole set once
+        before writing single volumes of a set that has parts.
+    type: list
+    elements: int
+attributes:
+  check_mode:
+    support: full
+    description: Returns the plan (volumes, bytes, files to write) and writes nothing.
+  diff_mode:
+    support: none
+    description: Reports counts and lists of files, not a diff.
+  idempotent:
+    support: full
+    description: Files already complete are found by size and recorded hash and skipped; a second run reports no change.
+seealso:
+  - module: ansible.posix.synchronize
+notes:
+  - A rerun of V(pack) or V(unpack) after an interruption completes the work, since every file is written
+    under a temporary name and renamed only once complete and checked.
+  - V(unpack) merges C(store.json) last, after every blob it lists is in place.
+  - See C(docs/bundle-format.md) for the transfer set format.
+"""
+
+EXAMPLES = r"""
+---
+- name: Pack the store onto a mounted FAT32 stick in DVD-sized volumes
+  airgap.microshift.image_bundle:
+    state: pack
+    store: /srv/mirror/store
+    dest: /run/media/usb0
+    volume_size: dvd
+    release: "4.20.1"
+
+- name: Pack only what the air-gapped side lacks, from the receipt it sent back
+  airgap.microshift.image_bundle:
+    state: pack
+    store: /srv/mirror/store
+    dest: /srv/mirror/outgoing
+    volume_size: 4GiB
+    receipt: /srv/mirror/receipts/site-a.json
+    release: "4.20.2"
+
+- name: Check the volumes of two media on the air-gapped side
+  airgap.microshift.image_bundle:
+    state: verify
+    src:
+      - /run/media/usb0
+      - /run/media/usb1
+
+- name: Rebuild the store from them
+  airgap.microshift.image_bundle:
+    state: unpack
+    src:
+      - /run/media/usb0
+      - /run/media/usb1
+    store: /var/lib/mirror/store
+
+- name: Record what the air-gapped store holds, to carry back
+  airgap.microshift.image_bundle:
+    state: receipt
+    store: /var/lib/mirror/store
+    dest: /run/media/usb0/receipt.json
+"""
+
+RETURN = r"""
+bundle_id:
+  description: The content address of the transfer set (the same store and options give the same id).
+  returned: state is pack, verify or unpack
+  type: str
+  sample: sha256:6c3f8e0b2d0e3a1f4f1b7c9d5e2a8b0c6d4e2f1a3b5c7d9e1f3a5b7c9d1e3f5a
+delta:
+  description: Whether the set carries only the blobs missing on the air-gapped side.
+  returned: state is pack, verify or unpack
+  type: bool
+  sample: false
+base:
+  description: What a delta builds on (a receipt or an earlier manifest); null for a full set.
+  returned: state is pack
+  type: dict
+  sample: {"kind": "receipt", "id": "sha256:...", "file": "site-a.json", "release": "4.20.1"}
+volume_count:
+  description: How many volumes the set has.
+  returned: state is pack or verify
+  type: int
+  sample: 3
+volumes:
+  description: The plan, per volume (name, total bytes, files, blobs).
+  returned: state is pack
+  type: list
+  elements: dict
+  sample: [{"name": "vol-001", "bytes": 4700000000, "files": 212, "blobs": 209}]
+blobs:
+  description: With pack, the blobs the set carries. With receipt, the blobs the store holds.
+  returned: state is pack or receipt
+  type: int
+  sample: 209
+parts:
+  description: Part files of split blobs.
+  returned: state is pack
+  type: int
+  sample: 2
+base_blobs:
+  description: Blobs of the store that a delta does not carry because the air-gapped side has them.
+  returned: state is pack
+  type: int
+  sample: 180
+unique_bytes:
+  description: Bytes of the blobs the set carries.
+  returned: state is pack
+  type: int
+  sample: 9876543210
+bytes:
+  description: With pack, bytes of the whole set (metadata included). With receipt, bytes of the blobs held.
+  returned: state is pack or receipt
+  type: int
+  sample: 9876600000
+files_to_write:
+  description: Data files that were (or, in check mode, would be) written; complete ones are skipped.
+  returned: state is pack
+  type: int
+  sample: 12
+bytes_to_write:
+  description: Bytes of the data files or blobs that were (or would be) written.
+  returned: state is pack or unpack
+  type: int
+  sample: 123456789
+files_written:
+  description: Data files written by this run.
+  returned: state is pack and not check mode
+  type: int
+  sample: 12
+bytes_written:
+  description: Bytes written by this run.
+  returned: state is pack or unpack, not check mode
+  type: int
+  sample: 123456789
+volumes_found:
+  description: The volumes found under O(src).
+  returned: state is verify
+  type: list
+  elements: str
+  sample: [vol-001, vol-002]
+missing_volumes:
+  description: The volumes of the set not found under O(src).
+  returned: state is verify, also on failure
+  type: list
+  elements: str
+  sample: [vol-003]
+missing:
+  description: Files of the found volumes that are missing (volume/path).
+  returned: state is verify, also on failure
+  type: list
+  elements: str
+  sample: [vol-002/blobs/sha256/0f3a...]
+short:
+  description: Files shorter than recorded (volume/path).
+  returned: state is verify, also on failure
+  type: list
+  elements: str
+  sample: []
+corrupt:
+  description: Files whose sha256 (or size) does not match the record (volume/path).
+  returned: state is verify, also on failure
+  type: list
+  elements: str
+  sample: []
+files_verified:
+  description: Files checked.
+  returned: state is verify
+  type: int
+  sample: 214
+bytes_verified:
+  description: Bytes hashed.
+  returned: state is verify
+  type: int
+  sample: 9876600000
+blobs_to_write:
+  description: Blobs of the set the store did not hold yet.
+  returned: state is unpack
+  type: int
+  sample: 31
+blobs_written:
+  description: Blobs written into the store by this run.
+  returned: state is unpack and not check mode
+  type: int
+  sample: 31
+blobs_present:
+  description: Blobs of the set the store already held.
+  returned: state is unpack
+  type: int
+  sample: 178
+images:
+  description: Images in the set (pack, unpack) or in the store (receipt).
+  returned: state is pack, unpack or receipt
+  type: int
+  sample: 64
+store:
+  description: The store written.
+  returned: state is unpack
+  type: str
+  sample: /var/lib/mirror/store
+dest:
+  description: The transfer set directory (pack) or the receipt file (receipt).
+  returned: state is pack or receipt
+  type: str
+  sample: /run/media/usb0
+receipt_id:
+  description: The content address of the receipt.
+  returned: state is receipt
+  type: str
+  sample: sha256:0b1c...
+"""
+
+import os
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.airgap.microshift.plugins.module_utils._bundle import (
+    BundleError,
+    canonical_json,
+    make_receipt,
+    pack,
+    parse_size,
+    unpack,
+    verify,
+    verify_message,
+)
+
+
+def _receipt(module):
+    params = module.params
+    receipt, absent = make_receipt(params["store"], release=params["release"])
+    dest = params["dest"]
+    data = canonical_json(receipt)
+    result = {"dest": dest, "receipt_id": receipt["receipt_id"], "blobs": len(receipt["blobs"]),
+              "bytes": receipt["bytes"], "images": len(receipt["images"]), "changed": False}
+    if absent:
+        module.warn("The store %s lists %d blob(s) it does not hold; the receipt leaves them out." % (params["store"], len(absent)))
+    try:
+        with open(dest, "rb") as handle:
+            current = handle.read()
+    except (IOError, OSError):
+        current = None
+    if current == data:
+        return result
+    result["changed"] = True
+    if module.check_mode:
+        return result
+    directory = os.path.dirname(os.path.abspath(dest))
+    if not os.path.isdir(directory):
+        module.fail_json(msg="The directory %s of the receipt file does not exist." % directory)
+    fd, temp = tempfile.mkstemp(dir=directory, prefix=".receipt-", suffix=".tmp")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(temp, 0o644)
+    module.atomic_move(temp, dest)
+    return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            state=dict(type="str", required=True, choices=["pack", "verify", "unpack", "receipt"], aliases=["action"]),
+            store=dict(type="path"),
+            dest=dict(type="path"),
+            src=dict(type="list", elements="path"),
+            volume_size=dict(type="str"),
+            part_size=dict(type="str", default="fat32"),
+            release=dict(type="str"),
+            versions=dict(type="list", elements="str", default=[]),
+            receipt=dict(type="path"),
+            base=dict(type="path"),
+            parallel=dict(type="int", default=4),
+            link=dict(type="bool", default=False),
+            volumes=dict(type="list", elements="int"),
+        ),
+        required_if=[
+            ("state", "pack", ("store", "dest")),
+            ("state", "verify", ("src",)),
+            ("state", "unpack", ("src", "store")),
+            ("state", "receipt", ("store", "dest")),
+        ],
+        mutually_exclusive=[("receipt", "base")],
+        supports_check_mode=True,
+    )
+    params = module.params
+    state = params["state"]
+    if params["parallel"] < 1:
+        module.fail_json(msg="parallel must be 1 or more, not %d." % params["parallel"])
+    try:
+        if state == "pack":
+            volume_size = parse_size(params["volume_size"]) if params["volume_size"] else None
+            part_size = parse_size(params["part_size"], option="part_size")
+            result = pack(params["store"], params["dest"], volume_size=volume_size, part_size=part_size,
+                          receipt=params["receipt"], base=params["base"], release=params["release"],
+                          versions=params["versions"], parallel=params["parallel"], link=params["link"],
+                          only_volumes=params["volumes"], check_mode=module.check_mode)
+        elif state == "verify":
+            result, _manifest, _found = verify(params["src"], parallel=params["parallel"])
+            ok = result.pop("ok")
+            if not ok:
+                module.fail_json(msg=verify_message(result), **result)
+            result["changed"] = False
+        elif state == "unpack":
+            result = unpack(params["src"], params["store"], parallel=params["parallel"], check_mode=module.check_mode)
+        else:
+            result = _receipt(module)
+    except BundleError as exc:
+        module.fail_json(msg=str(exc), **exc.details)
+    except (IOError, OSError) as exc:
+        module.fail_json(msg="%s failed on %s: %s." % (state, exc.filename or "a file", exc.strerror or exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
