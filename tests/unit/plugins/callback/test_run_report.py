@@ -1,0 +1,70 @@
+# Copyright: airgap.microshift contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""The run_report callback, through a real ansible-playbook run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from ansible_collections.airgap.microshift.plugins.module_utils import _report
+
+COLLECTION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(_report.__file__))))
+COLLECTIONS_PATH = os.path.dirname(os.path.dirname(os.path.dirname(COLLECTION_ROOT)))
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "fixtures", "release", "5.0")
+
+PLAYBOOK = """
+- name: Exercise the report
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: List the images
+      airgap.microshift.release_images:
+        path: {fixtures}
+        arch: x86_64
+        components: all
+    - name: Handle a secret
+      ansible.builtin.set_fact:
+        mirror_password: s3cr3t-Pa55
+      no_log: true
+    - name: Fail on purpose
+      ansible.builtin.fail:
+        msg: the mirror refused the credentials
+"""
+
+
+def test_report_written_and_free_of_secrets(tmp_path):
+    playbook = tmp_path / "report-test.yml"
+    playbook.write_text(PLAYBOOK.format(fixtures=FIXTURES))
+    report_dir = tmp_path / "reports"
+    env = dict(os.environ)
+    env.update({
+        "ANSIBLE_COLLECTIONS_PATH": COLLECTIONS_PATH,
+        "ANSIBLE_CALLBACKS_ENABLED": "airgap.microshift.run_report",
+        "AIRGAP_MICROSHIFT_REPORT_DIR": str(report_dir),
+        "ANSIBLE_NOCOLOR": "1",
+    })
+    proc = subprocess.run(
+        [sys.executable, "-m", "ansible.cli.playbook", "-i", "localhost,", "-c", "local",
+         "-e", "ansible_python_interpreter=" + sys.executable, str(playbook)],
+        env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Run report:" in proc.stdout
+    report = json.loads((report_dir / "latest.json").read_text())
+    markdown = (report_dir / "latest.md").read_text()
+    assert report["playbook"] == "report-test.yml"
+    assert report["hosts"]["localhost"]["failures"] == 1
+    listed = [r for r in report["results"] if r["module"] == "airgap.microshift.release_images"]
+    assert len(listed) == 1 and len(listed[0]["result"]["images"]) > 40
+    failures = [r for r in report["results"] if r["status"] == "failed"]
+    assert [f["result"]["msg"] for f in failures] == ["the mirror refused the credentials"]
+    assert "images listed" in markdown
+    assert "the mirror refused the credentials" in markdown
+    for path in report_dir.iterdir():
+        assert "s3cr3t-Pa55" not in path.read_text()
+        assert oct(path.stat().st_mode & 0o777) == oct(0o640)
