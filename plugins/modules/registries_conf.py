@@ -1,0 +1,296 @@
+#!/usr/bin/python
+# Copyright: airgap.microshift contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: registries_conf
+short_description: Write a validated registries.conf drop-in that sends image pulls to a mirror registry
+version_added: 0.1.0
+description:
+  - Writes a C(containers-registries.conf.d) drop-in (registries.conf version 2) that makes CRI-O, podman
+    and skopeo pull the images of the source registries (C(quay.io), C(registry.redhat.io),
+    C(registry.access.redhat.com) and every other registry named in O(images)) from a mirror registry.
+  - The module renders the TOML itself from these options. Before the file lands, the settings are
+    checked against the registries.conf version 2 schema (known keys and types, a location on every
+    table, a valid C(host[:port][/path]) location, no duplicate prefix), and the rendered text is read
+    back by a strict TOML parser (and by Python's C(tomllib) where the host has it); both must give back
+    the same settings.
+  - The new content is written to a temporary file in the target directory and moved into place
+    atomically, so a half-written or invalid drop-in never exists; an invalid one fails the task and
+    leaves the current file as it was.
+author:
+  - airgap.microshift contributors (@airgap-microshift)
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: full
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
+    support: full
+options:
+  path:
+    description:
+      - The drop-in file.
+      - Its directory is created (mode C(0755)) when missing.
+    type: path
+    default: /etc/containers/registries.conf.d/999-microshift-mirror.conf
+  state:
+    description:
+      - V(present) writes the drop-in, V(absent) removes it.
+    type: str
+    choices: [present, absent]
+    default: present
+  mirror:
+    description:
+      - The mirror registry, as C(host) or C(host:port). Required when O(state=present).
+    type: str
+  namespace:
+    description:
+      - A path on the mirror in front of every mirrored repository (C(<mirror>/<namespace>/<repository>)).
+    type: str
+  registries:
+    description:
+      - The source registries whose pulls go to the mirror.
+    type: list
+    elements: str
+    default: [quay.io, registry.redhat.io, registry.access.redhat.com]
+  images:
+    description:
+      - Image references; the registry of each one is mirrored too (for example C(ghcr.io)).
+    type: list
+    elements: str
+    default: []
+  digest_only:
+    description:
+      - Write C(mirror-by-digest-only = true), so only C(@sha256:) references are pulled from the mirror;
+        references by tag still go to the source registry.
+    type: bool
+    default: true
+  insecure:
+    description:
+      - Allow plain HTTP or unverified TLS to the mirror (C(insecure = true)). Anyone on the path can then
+        read and change the images; the module warns.
+    type: bool
+    default: false
+  additional_registries:
+    description:
+      - More C(registry) tables, each a dictionary with the registries.conf keys (C(prefix), C(location),
+        C(insecure), C(blocked), C(mirror-by-digest-only), C(mirror) as a list of dictionaries with
+        C(location), C(insecure), C(pull-from-mirror)). They are validated like the generated ones.
+    type: list
+    elements: dict
+    default: []
+  header:
+    description:
+      - Text written at the top of the file as TOML comments (each line prefixed with C(# )), for
+        example the value of the C(DEFAULT_MANAGED_STR) setting.
+    type: str
+  mode:
+    description:
+      - The permissions of the file, in octal notation such as V('0644').
+    type: raw
+    default: '0644'
+  owner:
+    description:
+      - The owner of the file. Unchanged when not set.
+    type: str
+  group:
+    description:
+      - The group of the file. Unchanged when not set.
+    type: str
+notes:
+  - Containers tools read the drop-ins of C(/etc/containers/registries.conf.d) in name order, later files
+    overriding earlier ones for the same prefix; the default name C(999-...) puts this one last.
+seealso:
+  - module: airgap.microshift.mirror_check
+  - name: containers-registries.conf(5)
+    description: The registries.conf version 2 format.
+    link: https://github.com/containers/image/blob/main/docs/containers-registries.conf.5.md
+"""
+
+EXAMPLES = r"""
+---
+- name: Send pulls of the release images to the site mirror, by digest only
+  airgap.microshift.registries_conf:
+    mirror: mirror.example.com:8443
+    images: "{{ image_list_images }}"
+    header: Managed by Ansible, do not edit
+    owner: root
+    group: root
+
+- name: Use a namespace on the mirror and also block docker.io
+  airgap.microshift.registries_conf:
+    path: /etc/containers/registries.conf.d/999-microshift-mirror.conf
+    mirror: mirror.example.com:8443
+    namespace: microshift
+    additional_registries:
+      - location: docker.io
+        blocked: true
+
+- name: Remove the drop-in
+  airgap.microshift.registries_conf:
+    state: absent
+"""
+
+RETURN = r"""
+path:
+  description: The drop-in file.
+  returned: always
+  type: str
+  sample: /etc/containers/registries.conf.d/999-microshift-mirror.conf
+content:
+  description: The content of the drop-in (empty with O(state=absent)).
+  returned: always
+  type: str
+  sample: "[[registry]]\nlocation = \"mirror.example.com:8443\"\n"
+registries:
+  description: The source registries sent to the mirror, in file order.
+  returned: always
+  type: list
+  elements: str
+  sample: [quay.io, registry.redhat.io, registry.access.redhat.com, ghcr.io]
+mirror_location:
+  description: Where the repositories of every source registry live on the mirror (C(mirror[/namespace])).
+  returned: when O(state=present)
+  type: str
+  sample: mirror.example.com:8443/microshift
+"""
+
+import os
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.text.converters import to_bytes, to_native
+
+from ansible_collections.airgap.microshift.plugins.module_utils._reference import DEFAULT_REGISTRIES
+from ansible_collections.airgap.microshift.plugins.module_utils._registries_conf import (
+    RegistriesConfError,
+    checked_render,
+    location_problem,
+    mirror_config,
+    mirror_location,
+    registries_for,
+)
+
+
+def _read(path):
+    try:
+        with open(path, "rb") as handle:
+            return handle.read().decode("utf-8", "replace")
+    except (IOError, OSError):
+        return None
+
+
+def _build(module):
+    params = module.params
+    mirror = (params["mirror"] or "").strip().rstrip("/")
+    problem = location_problem(mirror, "mirror")
+    if problem is None and "/" in mirror:
+        problem = "mirror %r must be host or host:port (put a path in namespace)" % mirror
+    if problem:
+        module.fail_json(msg="Option %s; the drop-in %s was not changed." % (problem, params["path"]))
+    namespace = (params["namespace"] or "").strip("/") or None
+    for source in params["registries"]:
+        problem = location_problem(source, "registries entry")
+        if problem:
+            module.fail_json(msg="Option %s; the drop-in %s was not changed." % (problem, params["path"]))
+    try:
+        registries = registries_for(params["images"], defaults=params["registries"])
+    except RegistriesConfError as exc:
+        module.fail_json(msg="Option images: %s; the drop-in %s was not changed." % ("; ".join(exc.errors), params["path"]),
+                         errors=exc.errors)
+    try:
+        data = mirror_config(mirror, namespace, registries, digest_only=params["digest_only"], insecure=params["insecure"],
+                             additional=params["additional_registries"])
+        content = checked_render(data, header=params["header"], what="the drop-in %s" % params["path"])
+    except RegistriesConfError as exc:
+        module.fail_json(msg="%s; it was not written and the current file was left as it was." % to_native(exc), errors=exc.errors)
+    if params["insecure"]:
+        module.warn("The drop-in %s allows plain HTTP or unverified TLS to the mirror %s (insecure=true): anyone on the path "
+                    "can read and change the images." % (params["path"], mirror))
+    return content, [source for source in registries if source != mirror], mirror_location(mirror, namespace)
+
+
+def _write(module, path, content):
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        try:
+            os.makedirs(directory, 0o755)
+        except OSError as exc:
+            module.fail_json(msg="Cannot create the directory %s: %s." % (directory, to_native(exc)))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=directory)
+    except OSError as exc:
+        module.fail_json(msg="Cannot write a temporary file in %s: %s." % (directory, to_native(exc)))
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(to_bytes(content))
+    except (IOError, OSError) as exc:
+        os.unlink(tmp)
+        module.fail_json(msg="Cannot write the drop-in %s: %s." % (path, to_native(exc)))
+    module.atomic_move(tmp, path)
+
+
+def _attributes(module, path, changed):
+    params = module.params
+    if not os.path.exists(path):
+        # Check mode and a file that does not exist yet: the attributes are set when it is created.
+        return changed
+    changed = module.set_mode_if_different(path, params["mode"], changed)
+    changed = module.set_owner_if_different(path, params["owner"], changed)
+    return module.set_group_if_different(path, params["group"], changed)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            path=dict(type="path", default="/etc/containers/registries.conf.d/999-microshift-mirror.conf"),
+            state=dict(type="str", choices=["present", "absent"], default="present"),
+            mirror=dict(type="str"),
+            namespace=dict(type="str"),
+            registries=dict(type="list", elements="str", default=list(DEFAULT_REGISTRIES)),
+            images=dict(type="list", elements="str", default=[]),
+            digest_only=dict(type="bool", default=True),
+            insecure=dict(type="bool", default=False),
+            additional_registries=dict(type="list", elements="dict", default=[]),
+            header=dict(type="str"),
+            mode=dict(type="raw", default="0644"),
+            owner=dict(type="str"),
+            group=dict(type="str"),
+        ),
+        required_if=[("state", "present", ["mirror"])],
+        supports_check_mode=True,
+    )
+    path = module.params["path"]
+    if os.path.isdir(path):
+        module.fail_json(msg="The drop-in path %s is a directory." % path)
+    before = _read(path)
+    diff = {"before": before or "", "after": "", "before_header": path, "after_header": path}
+
+    if module.params["state"] == "absent":
+        changed = before is not None or os.path.lexists(path)
+        if changed and not module.check_mode:
+            try:
+                os.unlink(path)
+            except OSError as exc:
+                module.fail_json(msg="Cannot remove the drop-in %s: %s." % (path, to_native(exc)))
+        module.exit_json(changed=changed, path=path, content="", registries=[], diff=diff)
+
+    content, registries, location = _build(module)
+    diff["after"] = content
+    changed = before != content
+    if changed and not module.check_mode:
+        _write(module, path, content)
+    changed = _attributes(module, path, changed)
+    module.exit_json(changed=changed, path=path, content=content, registries=registries, mirror_location=location, diff=diff)
+
+
+if __name__ == "__main__":
+    main()
