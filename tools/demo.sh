@@ -1,22 +1,116 @@
 #!/usr/bin/env bash
-# The main job on an embedded example: lists the images of the real MicroShift 5.0 release
-# shipped with the tests, for both architectures and every component, through the image_list
-# role, and writes the list like the manual procedure's microshift-container-refs.txt.
+# The main job.
+#
+#   tools/demo.sh                      the whole flow on the embedded sandbox (tests/sandbox):
+#                                      list -> download -> pack -> (gap) -> verify -> unpack ->
+#                                      upload -> configure two MicroShift hosts -> pull through
+#                                      the mirror; then it prints where to look.
+#   tools/demo.sh -i INVENTORY [...]   playbooks/site.yml on your own inventory.
+#
+# Environment: DEMO_SIZE (tiny|default|bench, default: default), DEMO_HOSTS (default 2),
+# DEMO_KEEP=1 keeps the sandbox up afterwards (tear it down with
+# `python -m tests.sandbox down --state-dir .cache/demo/sandbox`).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 export PATH="$ROOT/.venv/bin:$PATH"
 export ANSIBLE_COLLECTIONS_PATH="$ROOT/.build/collections"
-OUT="$ROOT/.cache/demo"
-mkdir -p "$OUT"
+export ANSIBLE_CALLBACKS_ENABLED="airgap.microshift.run_report"
+
 if [ "$#" -gt 0 ]; then
-    # An inventory or extra arguments: run against the user's own hosts.
-    exec ansible-playbook playbooks/list_images.yml "$@"
+    export AIRGAP_MICROSHIFT_REPORT_DIR="${AIRGAP_MICROSHIFT_REPORT_DIR:-$PWD/airgap-microshift-report}"
+    exec ansible-playbook playbooks/site.yml "$@"
 fi
-ansible-playbook -i localhost, -c local playbooks/list_images.yml \
-    -e "image_list_path=['$ROOT/tests/unit/fixtures/release/5.0']" \
-    -e "image_list_arch=['x86_64','aarch64']" \
-    -e "image_list_components=['all']" \
-    -e "image_list_dest=$OUT/microshift-container-refs.txt"
-echo
-echo "Image list written to $OUT/microshift-container-refs.txt"
+
+DEMO="$ROOT/.cache/demo"
+STATE="$DEMO/sandbox"
+RESULTS="$DEMO/results"
+mkdir -p "$DEMO"
+rm -rf "$RESULTS"
+mkdir -p "$RESULTS"
+export AIRGAP_MICROSHIFT_REPORT_DIR="$RESULTS/report"
+
+python -m tests.sandbox down --state-dir "$STATE" >/dev/null 2>&1 || true
+teardown() {
+    if [ "${DEMO_KEEP:-0}" = 1 ]; then
+        echo "The sandbox is still up: python -m tests.sandbox down --state-dir $STATE"
+    else
+        python -m tests.sandbox down --state-dir "$STATE" >/dev/null 2>&1 || true
+    fi
+}
+trap teardown EXIT
+
+echo "==> Raising the sandbox (size ${DEMO_SIZE:-default}, ${DEMO_HOSTS:-2} MicroShift hosts)"
+python -m tests.sandbox up --state-dir "$STATE" --size "${DEMO_SIZE:-default}" --hosts "${DEMO_HOSTS:-2}"
+
+# Variables for the playbooks, from the sandbox's state. They carry the mirror's password, so
+# they go in a 0600 file passed with -e @file, never on a command line.
+VARS="$DEMO/vars.yml"
+python - "$STATE/sandbox.json" "$VARS" "$RESULTS" <<'EOF'
+import json
+import os
+import sys
+
+state = json.load(open(sys.argv[1]))
+results = sys.argv[3]
+mirror = state["mirror"]
+release_dir = state["release"]["dir"]
+components = ["core", "olm", "multus", "gateway-api", "cert-manager", "sriov", "metrics-server",
+              "node-exporter", "kube-state-metrics"]
+variables = {
+    "image_list_path": [release_dir],
+    "image_list_arch": ["x86_64"],
+    "image_list_components": components,
+    "image_list_dest": os.path.join(results, "microshift-container-refs.txt"),
+    "download_authfile": state["pull_secret"],
+    "transfer_media_path": state["transfer_dir"],
+    "transfer_media_paths": [state["transfer_dir"]],
+    "transfer_volume_size": "64MiB",
+    "transfer_release": "sandbox",
+    "upload_mirror": mirror["hostport"],
+    "upload_authfile": "/var/lib/airgap-microshift/mirror-auth.json",
+    "upload_mapping_file": os.path.join(results, "mapping.json"),
+    "airgap_mirror_username": mirror["user"],
+    "airgap_mirror_password": mirror["password"],
+    "host_config_mirror": mirror["hostport"],
+    "host_config_mirror_ca": mirror["ca"],
+    "host_config_mirror_username": mirror["user"],
+    "host_config_mirror_password": mirror["password"],
+}
+fd = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+with os.fdopen(fd, "w") as handle:
+    json.dump(variables, handle, indent=2)
+EOF
+
+export ANSIBLE_CONFIG="$STATE/ansible/ansible.cfg"
+echo "==> Running playbooks/site.yml on the sandbox"
+ansible-playbook -i "$STATE/ansible/inventory.yml" playbooks/site.yml -e "@$VARS"
+
+echo "==> Pulling original quay.io refs through the mirror, inside each MicroShift host"
+python - "$STATE/sandbox.json" "$RESULTS/microshift-container-refs.txt" <<'EOF'
+import json
+import subprocess
+import sys
+
+state = json.load(open(sys.argv[1]))
+refs = [line.strip() for line in open(sys.argv[2]) if line.strip().startswith("quay.io/") and "@sha256:" in line]
+hosts = sorted(node for node, info in state["nodes"].items() if node.startswith("microshift-"))
+for number, host in enumerate(hosts):
+    ref = refs[number * 7 % len(refs)]
+    subprocess.run([sys.executable, "-m", "tests.sandbox", "exec", "--state-dir", state["state_dir"], host, "--",
+                    "podman", "--storage-driver", "vfs", "pull", "--quiet",
+                    "--authfile", "/etc/crio/openshift-pull-secret", ref], check=True, stdout=subprocess.DEVNULL)
+    print("%s: podman pull %s ... ok (there is no internet: it came from the mirror)" % (host, ref))
+EOF
+
+echo "==> The drop-in written on microshift-1"
+python -m tests.sandbox exec --state-dir "$STATE" microshift-1 -- cat /etc/containers/registries.conf.d/999-microshift-mirror.conf
+
+cat <<EOF
+
+Done. Where to look:
+  image list         $RESULTS/microshift-container-refs.txt
+  mirror mapping     $RESULTS/mapping.json
+  run reports        $RESULTS/report/latest.md (and .json, one pair per playbook run)
+  transfer set       $STATE/transfer/vol-*/  (bundle.json, SHA256SUMS; with DEMO_KEEP=1)
+EOF
