@@ -167,17 +167,23 @@ class RegistryOptions(object):
 
 def subprocess_runner(argv, env=None):
     """Run ``argv`` and return ``(rc, stdout_bytes, stderr_text)``. Thread safe."""
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, check=False)
+    # Deliberately not AnsibleModule.run_command (see module_runner): a manifest must arrive whole,
+    # and worker threads must not share the module's os.environ updates.
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, check=False)  # pylint: disable=ansible-bad-function
     return proc.returncode, proc.stdout, proc.stderr.decode("utf-8", "replace")
 
 
 def module_runner(module):
-    """Adapt ``AnsibleModule.run_command`` to the runner interface (stdout kept as bytes)."""
+    """The runner for a module's worker threads: ``(rc, stdout_bytes, stderr_text)``.
+
+    Not ``AnsibleModule.run_command``: its read loop stops when a one-second ``select`` times out
+    and the process has exited meanwhile, dropping output written in that instant (seen under
+    load as an empty manifest with rc 0). ``subprocess.run`` reads both pipes to their end.
+    """
     def run(argv, env=None):
-        rc, out, err = module.run_command(argv, encoding=None, environ_update=env or {})
-        if isinstance(err, bytes):
-            err = err.decode("utf-8", "replace")
-        return rc, out, err
+        environ = dict(os.environ)
+        environ.update(env or {})
+        return subprocess_runner(argv, env=environ)
     return run
 
 
