@@ -241,6 +241,10 @@ def load_store(store):
             path = os.path.join(blob_dir, digest.split(":", 1)[1])
             if not os.path.isfile(path):
                 raise UploadError("Image %s is not complete in the store: manifest %s is missing from %s." % (image.source, digest, blob_dir))
+            # Manifests are pushed as they are: a changed one would land on the mirror under another digest.
+            if _sha256_file(path) != digest:
+                raise UploadError("Image %s is corrupt in the store: manifest %s does not match its digest; download it again."
+                                  % (image.source, path))
             return _load_json(path, "manifest")
 
         walk_manifests(image, read_manifest)
@@ -539,6 +543,11 @@ class Upload:
         self.stopped = False
 
     @property
+    def check_parallel(self):
+        # Read-only manifest checks are small requests: more of them in flight than pushes.
+        return max(self.parallel, 8)
+
+    @property
     def primaries(self):
         return [image for image in self.images if image.duplicate_of is None]
 
@@ -554,7 +563,7 @@ class Upload:
                 image.tag = None
             return image
 
-        run_parallel(self.primaries, self.parallel, check)
+        run_parallel(self.primaries, self.check_parallel, check)
         if not self.keep_going and any(image.status == "failed" for image in self.primaries):
             self.stopped = True
         return [image for image in self.primaries if image.status is None]
@@ -585,12 +594,16 @@ class Upload:
                 return image
         return None
 
-    def verify(self):
-        """Every manifest (top-level and per arch) of every image the run did not fail, served by the mirror.
+    def verify(self, scope="pushed"):
+        """Every manifest (top-level and per arch) of the images pushed by this run, served by the mirror.
 
-        Returns ``[(image, digest, problem)]`` for those it does not serve.
+        With ``scope="all"`` the images found already there are checked manifest by manifest too
+        (otherwise their top-level digest, checked before, stands for them: the registry refuses an
+        index whose manifests it does not hold). Returns ``[(image, digest, problem)]`` for those it
+        does not serve.
         """
-        checks = [(image, digest) for image in self.primaries if image.status in ("pushed", "skipped") for digest in image.manifests]
+        statuses = ("pushed", "skipped") if scope == "all" else ("pushed",)
+        checks = [(image, digest) for image in self.primaries if image.status in statuses for digest in image.manifests]
 
         def check(item):
             image, digest = item
@@ -599,7 +612,7 @@ class Upload:
                 return None
             return image, digest, message or "not served"
 
-        missing = [result for result in run_parallel(checks, self.parallel, check) if result]
+        missing = [result for result in run_parallel(checks, self.check_parallel, check) if result]
         for image, dummy, dummy2 in missing:
             image.status = "failed"
             image.error = "The mirror does not serve every manifest of %s after the push." % image.source
@@ -632,6 +645,7 @@ class Upload:
             "bytes": sum(sizes.get(blob, 0) for image in self.primaries for blob in image.uploaded),
             "blobs_uploaded": uploads,
             "blobs_reused": len(reused - uploaded),
+            "retries": sum(max(0, image.attempts - 1) for image in self.primaries),
             "duration": round(duration, 3),
         })
         return counts
@@ -645,7 +659,7 @@ def planned_summary(images, to_push):
     sizes = {}
     for image in to_push:
         sizes.update(image.blobs)
-    counts.update({"images": len(images), "bytes": sum(sizes.values()), "blobs_uploaded": 0, "blobs_reused": 0, "duration": 0.0})
+    counts.update({"images": len(images), "bytes": sum(sizes.values()), "blobs_uploaded": 0, "blobs_reused": 0, "retries": 0, "duration": 0.0})
     return counts
 
 

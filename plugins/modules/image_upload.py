@@ -114,6 +114,15 @@ options:
       - When V(true), every image is tried, then the task fails listing those that failed.
     type: bool
     default: false
+  verify:
+    description:
+      - Which images to check, after the pushes, manifest by manifest (the top-level index and every per-architecture manifest).
+      - V(pushed) checks the images this run pushed; an image found already on the mirror was checked by its top-level digest,
+        which the registry only accepts once it holds every manifest the index names. This keeps a rerun fast.
+      - V(all) also checks every manifest of the images found already there, for example after a registry garbage collection.
+    type: str
+    choices: [pushed, all]
+    default: pushed
   tls_verify:
     description:
       - Verify the mirror's TLS certificate. Turning it off is for test registries only and prints a warning.
@@ -191,10 +200,11 @@ summary:
     - Counts of the run. C(bytes) is the size of the blobs skopeo uploaded (mounted and present blobs excluded;
       in check mode, the size of the blobs the images to push hold, each counted once).
     - C(blobs_uploaded) counts blob uploads, C(blobs_reused) blobs found on the mirror or mounted from another repository.
+    - C(retries) counts the pushes that were retried after a transient error (connection reset, 429, 5xx) and then went on.
     - C(duration) is in seconds.
   returned: success and failure after the images were read
   type: dict
-  sample: {images: 3, pushed: 2, skipped: 1, failed: 0, bytes: 734003200, blobs_uploaded: 14, blobs_reused: 5, duration: 42.7}
+  sample: {images: 3, pushed: 2, skipped: 1, failed: 0, bytes: 734003200, blobs_uploaded: 14, blobs_reused: 5, retries: 0, duration: 42.7}
 source_format:
   description: The format that was read, V(store) or V(dir).
   returned: always
@@ -281,6 +291,7 @@ def main():
             retries=dict(type="int", default=3),
             retry_delay=dict(type="float", default=2.0),
             keep_going=dict(type="bool", default=False),
+            verify=dict(type="str", choices=["pushed", "all"], default="pushed"),
             tls_verify=dict(type="bool", default=True),
             cert_dir=dict(type="path"),
             mapping_file=dict(type="path"),
@@ -341,7 +352,7 @@ def main():
                          source_format=source_format)
 
     upload.push_all(to_push)
-    missing = upload.verify()
+    missing = upload.verify(params["verify"])
     failed = [image for image in sorted(primaries, key=lambda i: i.source) if image.status == "failed"]
     if missing:
         fail("The mirror does not serve %d manifest(s) after the upload: %s." % (

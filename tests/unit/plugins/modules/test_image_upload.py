@@ -589,7 +589,11 @@ def test_verify_lists_manifests_the_mirror_does_not_serve(upload_registry, tmp_p
     shutil.rmtree(link)
     assert upload_registry.manifest(repository, arm64) is None
 
+    # A rerun trusts the top-level digest of images already there...
     failed, result = run_module(capsys, _args(upload_registry, store))
+    assert not failed and not result["changed"], result.get("msg")
+    # ...and verify=all checks every manifest of them.
+    failed, result = run_module(capsys, dict(_args(upload_registry, store), verify="all"))
     assert failed
     assert result["missing_manifests"] == ["%s@%s" % (repository, arm64)]
     assert "%s@%s" % (repository, arm64) in result["msg"]
