@@ -1,0 +1,103 @@
+# Copyright: airgap.microshift contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Draw the chart of a benchmark run (a results JSON written by run.py) as a PNG.
+
+    .venv/bin/python tests/benchmarks/chart.py tests/benchmarks/results/latest-bench.json docs/benchmark-chart.png
+
+Left: download and upload wall times per mode, with the download floor (unique bytes / WAN
+bandwidth). Right: bytes fetched from the registries, store size on disk and bytes sent to the
+mirror, each relative to the unique bytes of the release (1.0 is the floor).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+MODES = (("manual", "(a) manual\nsequential"), ("parallel", "(b) xargs -P 8"), ("ours", "(c) airgap.microshift"))
+COLORS = {"manual": "#9e9e9e", "parallel": "#607d8b", "ours": "#1e88e5"}
+
+
+def draw(report, path):
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    import matplotlib.ticker  # pylint: disable=import-outside-toplevel,unused-import
+
+    res = report["results"]
+    params = report["parameters"]
+    modes = [(m, label) for m, label in MODES if res.get(m, {}).get("download")]
+    fig, (ax_t, ax_b) = plt.subplots(1, 2, figsize=(13, 5.2))
+
+    # Wall times.
+    x = range(len(modes))
+    width = 0.38
+    dl = [res[m]["download"]["wall_s"] for m, unused_label in modes]
+    ul = [res[m].get("upload", {}).get("wall_s", 0) for m, unused_label in modes]
+    bars = ax_t.bar([i - width / 2 for i in x], dl, width, label="download (through the WAN proxy)",
+                    color=[COLORS[m] for m, unused_label in modes])
+    ax_t.bar([i + width / 2 for i in x], ul, width, label="upload (bastion -> site mirror)", color=[COLORS[m] for m, unused_label in modes],
+             alpha=0.45, hatch="//")
+    for rect, value in zip(bars, dl):
+        ax_t.annotate("%.0f s" % value, (rect.get_x() + rect.get_width() / 2, rect.get_height()), ha="center", va="bottom", fontsize=9)
+    for i, value in enumerate(ul):
+        if value:
+            ax_t.annotate("%.0f s" % value, (i + width / 2, value), ha="center", va="bottom", fontsize=8, color="#555555")
+    if params.get("download_floor_s"):
+        ax_t.axhline(params["download_floor_s"], color="#e53935", linestyle="--", linewidth=1,
+                     label="download floor %.0f s (unique bytes / %s)" % (params["download_floor_s"], params["bandwidth"]))
+    noop = res.get("ours", {}).get("noop")
+    if noop:
+        ax_t.text(0.02, 0.97, "(c) no-op rerun, Ansible included: %.1f s" % noop["wall_s"], transform=ax_t.transAxes, ha="left",
+                  va="top", fontsize=9, color=COLORS["ours"])
+    ax_t.set_xticks(list(x))
+    ax_t.set_xticklabels([label for unused_mode, label in modes])
+    ax_t.set_ylabel("wall time (s)")
+    ax_t.set_title("Time, %s release (%d refs), WAN %s +%s" % (params["size"], params["refs"], params["bandwidth"], params["latency"]),
+                   fontsize=10)
+    ax_t.set_ylim(0, max(dl + ul) * 1.25)
+    ax_t.legend(fontsize=8, loc="upper right")
+
+    # Bytes relative to the unique bytes.
+    series = (("fetched from the registries", lambda r: r["download"].get("fetched_vs_unique")),
+              ("store on disk (du)", lambda r: r["download"].get("store_disk_vs_unique")),
+              ("sent to the mirror", lambda r: r.get("upload", {}).get("sent_vs_unique")))
+    width = 0.26
+    for k, (name, get) in enumerate(series):
+        values = [get(res[m]) or 0 for m, unused_label in modes]
+        pos = [i + (k - 1) * width for i in x]
+        rects = ax_b.bar(pos, values, width, label=name, color=["#43a047", "#fb8c00", "#8e24aa"][k])
+        for rect, value in zip(rects, values):
+            ax_b.annotate("%.2f" % value, (rect.get_x() + rect.get_width() / 2, rect.get_height()), ha="center", va="bottom", fontsize=7)
+    ax_b.axhline(1.0, color="#e53935", linestyle="--", linewidth=1)
+    ax_b.set_yscale("log")
+    ax_b.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _p: "%g" % v))
+    ax_b.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    top = max([get(res[m]) or 1 for _n, get in series for m, unused_label in modes] + [1])
+    ax_b.set_ylim(0.5, top * 2.5)
+    ax_b.set_xticks(list(x))
+    ax_b.set_xticklabels([label for unused_mode, label in modes])
+    ax_b.set_ylabel("x unique bytes (%.1f MB; log scale)" % (params["unique_bytes"] / 1e6))
+    ax_b.set_title("Bytes, relative to the release's unique bytes (1.0 = floor)", fontsize=10)
+    ax_b.legend(fontsize=8, loc="upper right")
+    machine = report.get("machine", {})
+    fig.text(0.01, 0.01, "%s, %s CPUs, %s GiB; skopeo %s; run %s" % (
+        machine.get("cpu", "?"), machine.get("cpus", "?"), machine.get("mem_gib", "?"),
+        (machine.get("skopeo") or "?").replace("skopeo version ", ""), report.get("started", "?")), fontsize=7, color="#555555")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        sys.exit("usage: chart.py RESULTS.json OUT.png")
+    with open(argv[0], encoding="utf-8") as f:
+        draw(json.load(f), argv[1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
