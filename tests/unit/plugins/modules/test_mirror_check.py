@@ -96,6 +96,19 @@ def make_oci_layout(layout, name, text):
     return manifest_desc["digest"]
 
 
+
+def _die_with_parent():
+    """SIGTERM this child when the process that started it ends.
+
+    ansible-test runs each test in a fork that leaves with ``os._exit``, skipping the finalizers of
+    module-scoped fixtures; without this the registry and the namespace holder would outlive it.
+    """
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
 class Mirror:
     """A TLS + htpasswd registry on 127.0.0.1:PORT of a private network namespace."""
 
@@ -131,7 +144,8 @@ class Mirror:
             json.dump({"auths": {self.hostport: {"auth": base64.b64encode(b"mirroruser:mirrorpass").decode()}}}, handle)
 
         # A process that holds the namespace, with its loopback up.
-        self.holder = subprocess.Popen([UNSHARE, "--net", "--", "sh", "-c", "ip link set lo up && exec sleep 3600"])
+        self.holder = subprocess.Popen([UNSHARE, "--net", "--", "sh", "-c", "ip link set lo up && exec sleep 3600"],
+                                       preexec_fn=_die_with_parent)
         self.netns = "/proc/%d/ns/net" % self.holder.pid
         for dummy in range(100):
             if os.readlink(self.netns) != os.readlink("/proc/self/ns/net"):
@@ -165,7 +179,7 @@ class Mirror:
         self.log_path = os.path.join(self.base, "registry.log")
         log = open(self.log_path, "w")
         self.registry = subprocess.Popen([NSENTER, "--net=%s" % self.netns, "--", REGISTRY, "serve", config],
-                                         stdout=log, stderr=subprocess.STDOUT)
+                                         stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         log.close()
         for dummy in range(200):
             if self.registry.poll() is not None:
