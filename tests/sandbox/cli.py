@@ -109,6 +109,23 @@ def cmd_exec(args):
     return subprocess.call(node_argv(state, args.node) + argv, env=env)
 
 
+def cmd_update(args):
+    sb = Sandbox(_state_dir(args), log=_log)
+    t0 = time.monotonic()
+    update = sb.publish_update(changed=args.changed)
+    _log("release update published in %.1fs" % (time.monotonic() - t0))
+    if args.json:
+        json.dump(update, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        print("release update: %d changed images, release files in %s" % (update["changed"], update["release"]["dir"]))
+        for img in update["changed_images"]:
+            for before, after in zip(img["refs_before"], img["refs_after"]):
+                print("  %s\n    -> %s" % (before, after))
+        print("  new blobs: %d, %d bytes" % (len(update["new_blobs"]), sum(update["new_blobs"].values())))
+    return 0
+
+
 def cmd_wan(args):
     sb = Sandbox(_state_dir(args))
     if args.reset_counters:
@@ -187,6 +204,12 @@ def build_parser():
     p.add_argument("node", help="connected, airgap-bastion, microshift-N, or internet/gap (bare network namespace)")
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_exec)
+
+    p = sub.add_parser("update", help="publish a release update: N images get a new top layer (new digests), the rest is unchanged")
+    add_state(p)
+    p.add_argument("--changed", type=int, default=2, help="how many images change (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the update as JSON")
+    p.set_defaults(func=cmd_update)
 
     p = sub.add_parser("wan", help="read counters of the WAN proxy or change its settings")
     add_state(p)

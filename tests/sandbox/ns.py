@@ -143,6 +143,11 @@ def kill_processes(pids, timeout=5.0):
     return pids
 
 
+def alive(pid):
+    """Whether process ``pid`` runs (a zombie child is reaped and counts as gone)."""
+    return _alive(pid)
+
+
 def _alive(pid):
     try:
         with open("/proc/%d/stat" % pid, encoding="ascii") as f:

@@ -263,7 +263,7 @@ def _rpm_version(base):
     return m.group(1) if m else "0.0.0"
 
 
-def build_rpm(release_dir, out_dir, version_base, seed, work_dir):
+def build_rpm(release_dir, out_dir, version_base, seed, work_dir, rpm_release=0):
     """Build a noarch ``microshift-release-info`` RPM holding the release files; return its path."""
     top = os.path.join(work_dir, "rpmbuild")
     for sub in ("BUILD", "RPMS", "SOURCES", "SPECS", "SRPMS", "BUILDROOT"):
@@ -272,7 +272,7 @@ def build_rpm(release_dir, out_dir, version_base, seed, work_dir):
     with open(spec, "w", encoding="utf-8") as f:
         f.write("""Name: microshift-release-info
 Version: %(version)s
-Release: 0.amsb%(seed)s
+Release: %(release)d.amsb%(seed)s
 Summary: Release information for a synthetic MicroShift test release
 License: GPL-3.0-or-later
 BuildArch: noarch
@@ -293,7 +293,7 @@ cp -p %(src)s/release-*.json %%{buildroot}/usr/share/microshift/release/
 %%dir /usr/share/microshift
 %%dir /usr/share/microshift/release
 /usr/share/microshift/release/release-*.json
-""" % {"version": _rpm_version(version_base), "seed": seed, "src": release_dir})
+""" % {"version": _rpm_version(version_base), "release": rpm_release, "seed": seed, "src": release_dir})
     env = dict(os.environ, SOURCE_DATE_EPOCH="1767225600")
     proc = subprocess.run(
         ["rpmbuild", "-bb", "--quiet", "--define", "_topdir " + top, "--define", "_build_id_links none", spec],
@@ -308,8 +308,12 @@ cp -p %(src)s/release-*.json %%{buildroot}/usr/share/microshift/release/
     return dest
 
 
-def generate(out_dir, version=DEFAULT_VERSION, size="tiny", seed=DEFAULT_SEED, ref_mode="index", build_rpm_file=True):
+def generate(out_dir, version=DEFAULT_VERSION, size="tiny", seed=DEFAULT_SEED, ref_mode="index", build_rpm_file=True, changed=0):
     """Generate a synthetic release into ``out_dir`` (must not exist); return its metadata dict.
+
+    ``changed``: 0 for the release itself; N > 0 for a release update of it, in which exactly N
+    images (named by digest only) have a new top layer and every other image is byte for byte the
+    same. The storage then holds both releases, so the registries serve the old refs and the new.
 
     ``ref_mode``: ``index`` makes every digest ref in the release files point at the image's OCI
     index (both architectures' files name the same digest); ``arch`` makes ``release-<arch>.json``
@@ -319,6 +323,9 @@ def generate(out_dir, version=DEFAULT_VERSION, size="tiny", seed=DEFAULT_SEED, r
         raise ReleaseError("unknown size %r (known: %s)" % (size, ", ".join(SIZES)))
     if ref_mode not in ("index", "arch"):
         raise ReleaseError("ref_mode must be 'index' or 'arch'")
+    changed = int(changed)
+    if changed < 0:
+        raise ReleaseError("changed must be 0 or more")
     prof = SIZES[size]
     shape = load_shape(version)
     images = plan_images(shape)
@@ -338,22 +345,25 @@ def generate(out_dir, version=DEFAULT_VERSION, size="tiny", seed=DEFAULT_SEED, r
             layer_cache[layer_id] = blobs.put_layer(layer_id, payload, seed)
         return layer_cache[layer_id]
 
-    for img in images:
-        shares_base = img["id"] in sharing
-        img["shares_base"] = shares_base
-        img["group"] = img["component"]
+    def build(img, update=0):
+        """Write one multi-arch image; ``update`` > 0 gives it a new top layer (a rebuilt image)."""
         manifests = []
         img["manifests"] = {}
         img_blobs = {}
         for goarch, uname, variant in ARCHES:
             layers = []
-            if shares_base:
+            if img["shares_base"]:
                 for i, psize in enumerate(prof["base"]):
                     layers.append(layer("base%d-%s" % (i, goarch), psize))
             else:
                 layers.append(layer("ownbase-%s-%s" % (img["id"], goarch), prof["own_base"]))
             layers.append(layer("mid-%s-%s" % (img["group"], goarch), prof["mid"]))
-            layers.append(layer("top-%s-%s" % (img["id"], goarch), prof["top"]))
+            top_id = "top-%s-%s" % (img["id"], goarch) + ("-u%d" % update if update else "")
+            layers.append(layer(top_id, prof["top"]))
+            labels = {"io.airgap-microshift.sandbox.image": img["id"], "io.airgap-microshift.sandbox.version": version,
+                      "io.airgap-microshift.sandbox.keys": ",".join(img["keys"])}
+            if update:
+                labels["io.airgap-microshift.sandbox.update"] = str(update)
             config = {
                 "architecture": goarch,
                 "os": "linux",
@@ -361,8 +371,7 @@ def generate(out_dir, version=DEFAULT_VERSION, size="tiny", seed=DEFAULT_SEED, r
                 "config": {
                     "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
                     "Cmd": ["/bin/sh"],
-                    "Labels": {"io.airgap-microshift.sandbox.image": img["id"], "io.airgap-microshift.sandbox.version": version,
-                               "io.airgap-microshift.sandbox.keys": ",".join(img["keys"])},
+                    "Labels": labels,
                 },
                 "rootfs": {"type": "layers", "diff_ids": [diff for unused_digest, unused_size, diff in layers]},
             }
@@ -395,14 +404,34 @@ def generate(out_dir, version=DEFAULT_VERSION, size="tiny", seed=DEFAULT_SEED, r
         img["index_size"] = isize
         img["blobs"] = img_blobs
         img["bytes"] = sum(img_blobs.values())
-        img["tags"] = []
         for reg, repo in img["locations"]:
             storages[reg].manifest(repo, idigest)
+
+    for img in images:
+        img["shares_base"] = img["id"] in sharing
+        img["group"] = img["component"]
+        build(img)
+        img["tags"] = []
         for ref in img["refs"]:
             reg, repo, tag, unused = split_ref(ref)
             if tag:
-                storages[reg].tag(repo, tag, idigest)
+                storages[reg].tag(repo, tag, img["index"])
                 img["tags"].append(ref)
+
+    # A release update: ``changed`` images (named by digest only, so no tag moves) get a new top
+    # layer, hence new manifests and a new index; the previous ones stay in the storage, so the
+    # registries serve both releases.
+    changed_ids = []
+    if changed:
+        candidates = [img["id"] for img in images if not img["tags"]]
+        if changed > len(candidates):
+            raise ReleaseError("a release update can change at most %d images" % len(candidates))
+        changed_ids = sorted(random.Random("%s:update:%d" % (seed, changed)).sample(candidates, changed))
+        for img in images:
+            if img["id"] in changed_ids:
+                img["previous"] = {"index": img["index"], "manifests": dict(img["manifests"]), "blobs": img["blobs"]}
+                build(img, update=1)
+                img["previous"]["new_blobs"] = {d: s for d, s in img["blobs"].items() if d not in img["previous"]["blobs"]}
 
     # Map every original ref to its synthetic ref, per architecture file.
     ref_map = {}
@@ -415,6 +444,8 @@ def generate(out_dir, version=DEFAULT_VERSION, size="tiny", seed=DEFAULT_SEED, r
     for fname, data in shape.items():
         _comp, uname = _file_component(fname)
         out = {"release": dict(data["release"]), "images": {}}
+        if changed:
+            out["release"]["base"] = "%s.update%d" % (out["release"]["base"], changed)
         for key, ref in data["images"].items():
             img = ref_map[ref]
             reg, repo, tag, unused = split_ref(ref)
@@ -436,8 +467,21 @@ def generate(out_dir, version=DEFAULT_VERSION, size="tiny", seed=DEFAULT_SEED, r
     layer_and_config = {}
     for img in images:
         layer_and_config.update(img["blobs"])
+    changed_images = []
+    for img in images:
+        if "previous" in img:
+            prev = img.pop("previous")
+            changed_images.append({
+                "id": img["id"], "index_before": prev["index"], "index_after": img["index"],
+                "manifests_before": prev["manifests"], "manifests_after": img["manifests"],
+                "refs_before": sorted(_swap_digest(r, prev, img) for r in img["synthetic_refs"]),
+                "refs_after": img["synthetic_refs"],
+                "new_blobs": prev["new_blobs"],
+            })
     meta = {
         "generator_version": GENERATOR_VERSION,
+        "changed": changed,
+        "changed_images": changed_images,
         "version": version,
         "size": size,
         "seed": seed,
@@ -456,21 +500,34 @@ def generate(out_dir, version=DEFAULT_VERSION, size="tiny", seed=DEFAULT_SEED, r
     }
     if build_rpm_file:
         core = shape.get("release-x86_64.json", next(iter(shape.values())))
-        meta["rpm"] = build_rpm(release_dir, os.path.join(out_dir, "rpm"), core["release"]["base"], seed, os.path.join(out_dir, ".rpmwork"))
+        meta["rpm"] = build_rpm(release_dir, os.path.join(out_dir, "rpm"), core["release"]["base"], seed, os.path.join(out_dir, ".rpmwork"),
+                                rpm_release=changed)
         shutil.rmtree(os.path.join(out_dir, ".rpmwork"), ignore_errors=True)
     with open(os.path.join(out_dir, "release-meta.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1, sort_keys=True)
     return meta
 
 
-def cache_key(version, size, seed, ref_mode):
-    return "v%s-%s-s%s-%s-g%d" % (version, size, seed, ref_mode, GENERATOR_VERSION)
+def _swap_digest(ref, prev, img):
+    """The ref of an updated image as the previous release named it."""
+    swap = {img["index"]: prev["index"]}
+    swap.update({img["manifests"][u]: prev["manifests"][u] for u in img["manifests"]})
+    name, digest = ref.split("@", 1)
+    return "%s@%s" % (name, swap.get(digest, digest))
 
 
-def ensure_release(cache_dir=DEFAULT_CACHE_DIR, version=DEFAULT_VERSION, size="tiny", seed=DEFAULT_SEED, ref_mode="index"):
-    """Return the metadata of the cached release for these parameters, generating it if needed."""
+def cache_key(version, size, seed, ref_mode, changed=0):
+    key = "v%s-%s-s%s-%s-g%d" % (version, size, seed, ref_mode, GENERATOR_VERSION)
+    return key + ("-u%d" % int(changed) if changed else "")
+
+
+def ensure_release(cache_dir=DEFAULT_CACHE_DIR, version=DEFAULT_VERSION, size="tiny", seed=DEFAULT_SEED, ref_mode="index", changed=0):
+    """Return the metadata of the cached release for these parameters, generating it if needed.
+
+    ``changed`` > 0 names a release update of it (see ``generate``), cached as its own entry.
+    """
     os.makedirs(cache_dir, exist_ok=True)
-    final = os.path.join(cache_dir, cache_key(version, size, seed, ref_mode))
+    final = os.path.join(cache_dir, cache_key(version, size, seed, ref_mode, changed))
     meta_path = os.path.join(final, "release-meta.json")
     with open(os.path.join(cache_dir, ".lock"), "w", encoding="ascii") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -480,7 +537,7 @@ def ensure_release(cache_dir=DEFAULT_CACHE_DIR, version=DEFAULT_VERSION, size="t
             tmp = final + ".tmp-%d" % os.getpid()
             shutil.rmtree(tmp, ignore_errors=True)
             try:
-                generate(tmp, version=version, size=size, seed=seed, ref_mode=ref_mode)
+                generate(tmp, version=version, size=size, seed=seed, ref_mode=ref_mode, changed=changed)
                 # Paths inside the metadata name the temp dir: rewrite them for the final one.
                 with open(os.path.join(tmp, "release-meta.json"), encoding="utf-8") as f:
                     text = f.read()

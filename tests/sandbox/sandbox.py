@@ -247,6 +247,76 @@ class Sandbox:
         env[ns.ENV_MARK] = self.sid
         return subprocess.run(self.exec_argv(node, argv), check=check, env=env, **kwargs)
 
+    def publish_update(self, changed=2):
+        """Publish a release update on the internet registries; return its description (dict).
+
+        Exactly ``changed`` images of the release (named by digest only) get a new top layer, hence
+        new digests; every other image is unchanged. The update's release files are written under
+        a new directory (``update["release"]["dir"]``), and the internet registries are restarted on
+        a storage that serves both releases (the registries serve storage read-only from the
+        release cache, so the update is its own cache entry rather than a write into the running
+        one). Also in the state file (``update``) and the inventory (``sandbox_update_release_dir``).
+        """
+        st = self.state or load_state(self.state_dir)
+        self.hosts = list(st["hosts"])
+        rel = st["release"]
+        meta = releases.ensure_release(st.get("cache_dir", self.cache_dir), rel["version"], rel["size"], rel["seed"], rel["ref_mode"],
+                                       changed=changed)
+        self._restart_internet_registries(st, meta["storage_dirs"])
+        files = {}
+        for fname in sorted(os.listdir(meta["release_dir"])):
+            with open(os.path.join(meta["release_dir"], fname), encoding="utf-8") as f:
+                files[fname] = sorted(set(json.load(f)["images"].values()))
+        update = {
+            "changed": int(changed),
+            "release": {
+                "version": meta["version"], "size": meta["size"], "seed": meta["seed"], "ref_mode": meta["ref_mode"],
+                "dir": meta["release_dir"], "rpm": meta["rpm"], "meta": os.path.join(os.path.dirname(meta["release_dir"]), "release-meta.json"),
+                "image_count": meta["image_count"], "files": files,
+                "tag_refs": sorted(t for img in meta["images"] for t in img["tags"]),
+            },
+            "changed_images": meta["changed_images"],
+            "new_blobs": {d: s for img in meta["changed_images"] for d, s in img["new_blobs"].items()},
+        }
+        # The connected host reads every new ref and one previous ref of each changed image.
+        checks = [(r, r.split("@", 1)[1]) for img in meta["changed_images"] for r in img["refs_after"] + img["refs_before"][:1]]
+        procs = [(ref, digest, subprocess.Popen(node_argv(st, CONNECTED) + ["skopeo", "inspect", "--raw", "--authfile", st["pull_secret"],
+                                                                            "docker://" + ref], stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+                 for ref, digest in checks]
+        for ref, digest, proc in procs:
+            out, err = proc.communicate()
+            if proc.returncode != 0 or "sha256:" + hashlib.sha256(out).hexdigest() != digest:
+                raise SandboxError("after the update the connected host cannot read %s: %s" % (ref, err.decode(errors="replace").strip()))
+        st["update"] = update
+        self._write_inventory(st)
+        _write_json(self._path(STATE_FILE), st)
+        self._log("sandbox %s: release update with %d changed images published (%s)" % (self.sid, int(changed), meta["release_dir"]))
+        return update
+
+    def _restart_internet_registries(self, state, storage_dirs):
+        configs = [reg["config"].encode() for reg in state["registries"].values()]
+        old = [state["processes"].get("registry-" + name) for name in state["registries"]]
+        # Also any registry of this sandbox still serving one of these configs (an interrupted update).
+        for pid in ns.find_processes(self.sid):
+            try:
+                with open("/proc/%d/cmdline" % pid, "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if any(c in argv for c in configs):
+                old.append(pid)
+        ns.kill_processes(sorted({p for p in old if p}))
+        for name, reg in state["registries"].items():
+            reg["storage"] = storage_dirs[name]
+            cfg = _registry_config(reg["address"], 443, name, reg["storage"], reg["cert"], reg["key"], reg["htpasswd"], True)
+            _write_json(reg["config"], cfg, 0o600)
+            self._spawn(state, "registry-" + name, self.netns["internet"], ["docker-registry", "serve", reg["config"]])
+        _write_json(self._path(STATE_FILE), state)
+        self._wait_listening(state)
+        dead = [name for name in state["registries"] if not ns.alive(state["processes"]["registry-" + name])]
+        if dead:
+            raise SandboxError("the registries %s did not restart (logs in %s)" % (", ".join(dead), self._path("logs")))
+
     def wan_control(self, request):
         """Send a control request to the WAN proxy (``{"cmd": "get"|"set"|"reset_counters", ...}``)."""
         st = self.state or load_state(self.state_dir)
@@ -327,6 +397,7 @@ class Sandbox:
                 "tag_refs": sorted(t for img in meta["images"] for t in img["tags"]),
             },
             "transfer_dir": self._path("transfer"),
+            "cache_dir": os.path.realpath(self.cache_dir),
             "logs_dir": self._path("logs"),
             "processes": {},
             "wan": None,
@@ -563,6 +634,8 @@ class Sandbox:
                 "microshift": {"hosts": {h: node_vars[h] for h in self.hosts}},
             },
         }}
+        if state.get("update"):
+            inv["all"]["vars"]["sandbox_update_release_dir"] = state["update"]["release"]["dir"]
         adir = self._path("ansible")
         os.makedirs(adir, exist_ok=True)
         path = os.path.join(adir, "inventory.yml")

@@ -196,3 +196,54 @@ def test_cache_reuses_a_generated_release(tmp_path):
     assert second == first and os.stat(second["release_dir"]).st_mtime_ns == stamp
     assert first["release_dir"].startswith(str(tmp_path) + "/")
     shutil.rmtree(str(tmp_path))
+
+
+def test_release_update_changes_exactly_the_top_layer_of_n_images(tmp_path, tiny):
+    unused, meta = tiny
+    out = str(tmp_path / "update")
+    upd = release.generate(out, size="tiny", seed=7, changed=2, build_rpm_file=False)
+    before = {img["id"]: img for img in meta["images"]}
+    after = {img["id"]: img for img in upd["images"]}
+    assert upd["changed"] == 2 and len(upd["changed_images"]) == 2
+    changed = {c["id"] for c in upd["changed_images"]}
+    assert {i for i in after if after[i]["index"] != before[i]["index"]} == changed
+    for cid in changed:
+        assert not after[cid]["tags"]
+        registry = after[cid]["locations"][0][0]
+        for uname in ("x86_64", "aarch64"):
+            old = json.loads(_blob(out, registry, before[cid]["manifests"][uname]))
+            new = json.loads(_blob(out, registry, after[cid]["manifests"][uname]))
+            # Same base and middle layers, a new top layer (and so a new config).
+            assert old["layers"][:-1] == new["layers"][:-1]
+            assert old["layers"][-1]["digest"] != new["layers"][-1]["digest"]
+        # The storage still serves the previous release's manifests, and the new ones.
+        for registry, repo in after[cid]["locations"]:
+            revs = os.path.join(_v2(out, registry), "repositories", repo, "_manifests", "revisions", "sha256")
+            assert os.path.exists(os.path.join(revs, before[cid]["index"][7:], "link"))
+            assert os.path.exists(os.path.join(revs, after[cid]["index"][7:], "link"))
+    # Per changed image: a new top layer and config per architecture, two manifests and an index.
+    new_blobs = {d: s for c in upd["changed_images"] for d, s in c["new_blobs"].items()}
+    assert len(new_blobs) == 2 * (2 * 2)
+    old_blobs = {d for blobs in meta["image_blobs"].values() for d in blobs}
+    assert not set(new_blobs) & old_blobs
+    # The release files differ only in the refs of the changed images.
+    for fname in os.listdir(meta["release_dir"]):
+        with open(os.path.join(meta["release_dir"], fname), encoding="utf-8") as f:
+            old_refs = json.load(f)["images"]
+        with open(os.path.join(upd["release_dir"], fname), encoding="utf-8") as f:
+            new_refs = json.load(f)["images"]
+        moved = {old_refs[k]: new_refs[k] for k in old_refs if old_refs[k] != new_refs[k]}
+        for old_ref, new_ref in moved.items():
+            entry = [c for c in upd["changed_images"] if new_ref in c["refs_after"]][0]
+            assert old_ref in entry["refs_before"]
+
+
+def test_release_update_is_cached_apart(tmp_path):
+    base = release.ensure_release(str(tmp_path), size="tiny", seed=5)
+    upd = release.ensure_release(str(tmp_path), size="tiny", seed=5, changed=2)
+    assert upd["release_dir"] != base["release_dir"]
+    assert release.cache_key("5.0", "tiny", 5, "index", 2).endswith("-u2")
+    assert upd["rpm"] != base["rpm"] and os.path.basename(upd["rpm"]).startswith("microshift-release-info-5.0.0-2.amsb5")
+    with pytest.raises(release.ReleaseError):
+        release.generate(str(tmp_path / "toomany"), size="tiny", seed=5, changed=1000, build_rpm_file=False)
+    shutil.rmtree(str(tmp_path))

@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 
 import pytest
 
@@ -17,6 +18,7 @@ from tests.sandbox import ns
 from tests.sandbox.sandbox import Sandbox
 
 pytest_plugins = ["tests.sandbox.pytest_plugin"]
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 WATCHED = ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname", "/etc/ssl/certs", "/etc/containers", "/etc/pki", "/etc/crio",
            "/etc/microshift", "/var/lib/containers", "/usr/local/sbin", "/usr/local/share/ca-certificates"]
 
@@ -160,3 +162,34 @@ def test_up_removes_leftovers_of_a_crashed_run(tmp_path):
     finally:
         second.down()
     assert not any(ns.leftovers(second.sid).values())
+
+
+def test_release_update_is_served_next_to_the_release(sandbox_factory):
+    sb = sandbox_factory(size="tiny", hosts=0)
+    old_pids = {k: v for k, v in sb.state["processes"].items() if k != "registry-mirror"}
+    update = sb.publish_update(changed=2)
+    assert update["changed"] == 2 and len(update["changed_images"]) == 2
+    with open(os.path.join(sb.state_dir, "sandbox.json"), encoding="utf-8") as f:
+        assert json.load(f)["update"]["release"]["dir"] == update["release"]["dir"]
+    with open(sb.state["inventory"], encoding="utf-8") as f:
+        assert "sandbox_update_release_dir: %s" % update["release"]["dir"] in f.read()
+    assert all(sb.state["processes"][k] != pid and ns.alive(sb.state["processes"][k]) for k, pid in old_pids.items())
+    # The new refs and the previous refs of the changed images, by digest.
+    for img in update["changed_images"]:
+        for ref in img["refs_after"] + img["refs_before"]:
+            out = sb.run("connected", ["skopeo", "inspect", "--raw", "--authfile", sb.state["pull_secret"], "docker://" + ref],
+                         text=False)
+            assert "sha256:" + hashlib.sha256(out.stdout).hexdigest() == ref.split("@", 1)[1]
+    # Every other ref of the release is the same in both releases, and still served.
+    for fname, refs in sb.state["release"]["files"].items():
+        moved = set(refs) - set(update["release"]["files"][fname])
+        assert moved <= {r for img in update["changed_images"] for r in img["refs_before"]}
+    assert _skopeo(sb, "connected", sb.state["verified_refs"][0]).returncode == 0
+    # The CLI publishes the same update again (restarting the registries) and the bed still comes down clean.
+    cli = subprocess.run([sys.executable, "-m", "tests.sandbox", "update", "--state-dir", sb.state_dir, "--changed", "2", "--json"],
+                         capture_output=True, text=True, check=False, cwd=REPO_ROOT)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["release"]["dir"] == update["release"]["dir"]
+    sb.state = None
+    sb.down()
+    assert not any(ns.leftovers(sb.sid).values())
