@@ -7,7 +7,7 @@
 # Every stage runs even when an earlier one fails; the last line counts test cases (pytest's
 # own cases from the JUnit files, plus one per other check) as "N passed, N failed".
 #
-# Environment: STAGES="lint sanity units sandbox molecule build ee docs changelog" to run a subset;
+# Environment: STAGES="lint sanity units sandbox reliability molecule bench build ee docs changelog" to run a subset;
 #              MOLECULE_SCENARIOS="image_list ..." to run only those scenarios.
 set -uo pipefail
 shopt -s nullglob
@@ -17,7 +17,7 @@ cd "$ROOT" || exit 1
 
 bash tools/setup.sh || { echo "setup failed"; echo "total: 0 passed, 1 failed"; exit 1; }
 
-STAGES="${STAGES:-lint sanity units sandbox molecule build ee docs changelog}"
+STAGES="${STAGES:-lint sanity units sandbox reliability molecule bench build ee docs changelog}"
 OUT="$ROOT/tests/output/run"
 rm -rf "$OUT"
 mkdir -p "$OUT/junit"
@@ -96,11 +96,24 @@ if want sandbox; then
         --junitxml="$OUT/junit/sandbox.xml"
 fi
 
+if want reliability && [ -d tests/integration/reliability ]; then
+    # Faults, crashes, full disks, bad input and secrets, on the test bed.
+    check "reliability and security tests" python -m pytest -p no:cacheprovider -q tests/integration/reliability \
+        --junitxml="$OUT/junit/reliability.xml"
+fi
+
 if want molecule; then
     scenarios="${MOLECULE_SCENARIOS:-$(cd extensions/molecule && for s in */molecule.yml; do dirname "$s"; done | sort)}"
     for scenario in $scenarios; do
         check "molecule $scenario" bash -c "cd extensions && molecule test -s $scenario"
     done
+fi
+
+if want bench; then
+    # The benchmark's plumbing on the tiny release (every mode, every part). Its figures are not
+    # judged here: speed targets are read from the bench-size run documented in docs/benchmarks.md.
+    check "benchmark smoke run (tiny)" python tests/benchmarks/run.py --size tiny --out "$WORK/bench" \
+        --state-dir "$WORK/bench-sandbox"
 fi
 
 if want build; then

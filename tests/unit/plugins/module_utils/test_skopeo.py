@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from ansible_collections.airgap.microshift.plugins.module_utils._skopeo import (
-    PERMANENT, TRANSIENT, RegistryOptions, Skopeo, SkopeoError, backoff_delay, classify_error, last_error_line,
+    PERMANENT, TRANSIENT, RegistryOptions, Skopeo, SkopeoError, backoff_delay, classify_error, last_error_line, module_runner,
 )
 
 # stderr captured from skopeo 1.9.3 against docker-registry 2.8.2 on loopback (and a stub
@@ -163,3 +163,14 @@ def test_real_skopeo_connection_refused_is_transient_and_retried(tmp_path):
         tool.inspect_raw("127.0.0.1:%d/a/b:1" % port, RegistryOptions(tls_verify=False))
     assert err.value.kind == TRANSIENT and err.value.attempts == 3 and len(sleeps) == 2
     assert "connection refused" in err.value.message
+
+
+def test_module_runner_keeps_output_written_as_the_process_exits():
+    # AnsibleModule.run_command drops output a process writes right as its one-second select
+    # times out (then the process has exited): the runner must read the pipes to their end.
+    from concurrent.futures import ThreadPoolExecutor
+    run = module_runner(module=None)
+    argv = ["sh", "-c", 'sleep 0.999; printf "%s" "$PAYLOAD"; printf oops >&2; exit 3']
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda dummy: run(argv, env={"PAYLOAD": "manifest"}), range(16)))
+    assert results == [(3, b"manifest", "oops")] * 16
