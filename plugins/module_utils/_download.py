@@ -260,7 +260,7 @@ def plan_downloads(refs, skopeo, options):
     """Inspect every ref not already complete in the store and build the download plan.
 
     Returns ``{"index", "skipped": [ref], "plans": {ref: plan}, "failed": {ref: message},
-    "retries": n}``.
+    "retries": n, "attempts": {failed ref: skopeo calls made for it}}``.
     """
     index = store_mod.read_index(options.store) if os.path.isdir(options.store) else store_mod.empty_index()
     skipped, to_inspect = [], []
@@ -280,11 +280,12 @@ def plan_downloads(refs, skopeo, options):
         return result.stdout
 
     tops = _parallel_map(inspect, to_inspect, options.parallel)
-    failed, parsed_tops, child_refs = {}, {}, set()
+    failed, parsed_tops, child_refs, attempts = {}, {}, set(), {}
     for ref in to_inspect:
         raw, error = tops[ref]
         if error is not None:
             failed[ref] = error.message if isinstance(error, SkopeoError) else str(error)
+            attempts[ref] = getattr(error, "attempts", 1)
             continue
         try:
             top = parse_manifest(raw, ref)
@@ -305,12 +306,14 @@ def plan_downloads(refs, skopeo, options):
                 for child in top["children"]:
                     child_raw, error = children[pinned_reference(ref, child["digest"])]
                     if error is not None:
+                        attempts[ref] = getattr(error, "attempts", 1)
                         raise PlanError(error.message if isinstance(error, SkopeoError) else str(error))
                     children_raw[child["digest"]] = child_raw
             plans[ref] = build_image_plan(ref, raw, children_raw)
         except PlanError as exc:
             failed[ref] = str(exc)
-    return {"index": index, "skipped": skipped, "plans": plans, "failed": failed, "retries": counters["retries"]}
+    return {"index": index, "skipped": skipped, "plans": plans, "failed": failed, "retries": counters["retries"],
+            "attempts": attempts}
 
 
 def missing_blobs(store, blobs):

@@ -70,15 +70,28 @@ _COMPILED = [(re.compile(p, re.IGNORECASE), c, PERMANENT) for p, c in _PERMANENT
     [(re.compile(p, re.IGNORECASE), c, TRANSIENT) for p, c in _TRANSIENT_PATTERNS]
 
 
+_MANIFEST_FALLBACK = re.compile(r"must be converted to type .* but we cannot modify it", re.IGNORECASE)
+
+
 def classify_error(stderr):
     """Return ``(kind, cause)`` for skopeo's stderr: kind is TRANSIENT or PERMANENT.
 
     Unknown errors are permanent: retrying something not understood only hides it longer.
     """
-    text = stderr or ""
+    # --debug output lists every manifest MIME type skopeo knows (schema 1 included) and every
+    # request: only the other lines say what went wrong.
+    lines = (stderr or "").splitlines()
+    text = "\n".join(line for line in lines if "level=debug" not in line)
     for regex, cause, kind in _COMPILED:
         if regex.search(text):
             return kind, cause
+    if _MANIFEST_FALLBACK.search(text):
+        # Writing the manifest failed, and with preserved digests skopeo has no other type to try:
+        # why the write failed is only in the debug output (when there is one).
+        debug = "\n".join(line for line in lines if "level=debug" in line)
+        for regex, cause, kind in _COMPILED:
+            if kind == TRANSIENT and regex.search(debug):
+                return kind, cause
     return PERMANENT, "skopeo failed"
 
 

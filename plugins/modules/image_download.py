@@ -313,8 +313,9 @@ def main():
             digest, size, layout = item["digest"], item.get("size", 0), item["layout"]
         else:
             digest, size, layout = None, 0, store_mod.layout_path(ref)
+        attempts = planning.get("attempts", {}).get(ref, 0) if status == "failed" else 0
         return {"ref": ref, "digest": digest, "status": status, "size": size, "fetched_bytes": 0,
-                "attempts": 0, "retries": 0, "layout": layout, "error": error}
+                "attempts": attempts, "retries": max(0, attempts - 1), "layout": layout, "error": error}
 
     failed_at_planning = planning["failed"]
     if failed_at_planning and not params["keep_going"]:

@@ -96,7 +96,6 @@ def make_oci_layout(layout, name, text):
     return manifest_desc["digest"]
 
 
-
 def _die_with_parent():
     """SIGTERM this child when the process that started it ends.
 
@@ -108,6 +107,7 @@ def _die_with_parent():
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
 
 class Mirror:
     """A TLS + htpasswd registry on 127.0.0.1:PORT of a private network namespace."""
