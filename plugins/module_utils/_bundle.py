@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal, InvalidOperation
 
 from ansible_collections.airgap.microshift.plugins.module_utils._store import (
+    free_bytes,
     StoreError,
     StoreLock,
     blob_path,
@@ -227,18 +228,6 @@ def remove_stale_temps(directory):
     for name in names:
         if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):
             _discard(os.path.join(directory, name))
-
-
-def free_bytes(path):
-    """Free bytes for an unprivileged writer at ``path`` or its nearest existing parent."""
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    stat = os.statvfs(probe)
-    return stat.f_bavail * stat.f_frsize
 
 
 def run_parallel(tasks, parallel):

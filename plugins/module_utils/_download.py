@@ -350,18 +350,6 @@ def summarize_plan(refs, planning, store):
     }
 
 
-def free_bytes(path):
-    """Free bytes for an unprivileged writer on the filesystem of ``path`` (or its nearest existing parent)."""
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    stat = os.statvfs(probe)
-    return stat.f_bavail * stat.f_frsize
-
-
 def _layout_blob_digests(store, layout_dir):
     """Digests named by skopeo's own index.json of a layout (index, manifests, configs)."""
     found = set()

@@ -263,3 +263,15 @@ def record_image(store, ref, entry):
         index["blobs"].update(image_blobs(entry))
         write_index(store, index)
         return index
+
+
+def free_bytes(path):
+    """Free bytes for an unprivileged writer on the filesystem of ``path`` (or its nearest existing parent)."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    stat = os.statvfs(probe)
+    return stat.f_bavail * stat.f_frsize

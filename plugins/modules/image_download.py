@@ -302,7 +302,7 @@ def main():
     except store_mod.StoreError as exc:
         module.fail_json(msg="store %s: %s" % (store, exc))
     plan = download.summarize_plan(refs, planning, store)
-    plan["free_bytes"] = download.free_bytes(store)
+    plan["free_bytes"] = store_mod.free_bytes(store)
 
     def entry(ref, status, error=None):
         if ref in planning["plans"]:

@@ -139,9 +139,9 @@ def test_images_with_nothing_missing_never_wait():
 
 def test_free_bytes_of_a_missing_path_uses_its_parent(tmp_path):
     # Other processes write to the same filesystem meanwhile: bracket the reading, with slack.
-    before = download.free_bytes(str(tmp_path))
-    missing = download.free_bytes(str(tmp_path / "not" / "yet"))
-    after = download.free_bytes(str(tmp_path))
+    before = store_mod.free_bytes(str(tmp_path))
+    missing = store_mod.free_bytes(str(tmp_path / "not" / "yet"))
+    after = store_mod.free_bytes(str(tmp_path))
     slack = 256 * 1024 * 1024
     assert min(before, after) - slack <= missing <= max(before, after) + slack
 
