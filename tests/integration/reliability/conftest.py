@@ -505,6 +505,7 @@ class CmdlineSampler(threading.Thread):
         super().__init__(daemon=True)
         self.interval = interval
         self.samples = {}
+        self.netns = {}  # command line -> inode of its network namespace
         self.rounds = 0
         self.halt = threading.Event()
 
@@ -520,6 +521,11 @@ class CmdlineSampler(threading.Thread):
                     continue
                 if raw:
                     self.samples.setdefault(raw, entry)
+                    if raw not in self.netns:
+                        try:
+                            self.netns[raw] = os.stat("/proc/%s/ns/net" % entry).st_ino
+                        except OSError:
+                            self.netns[raw] = None
             self.rounds += 1
             self.halt.wait(self.interval)
 
@@ -527,8 +533,9 @@ class CmdlineSampler(threading.Thread):
         self.halt.set()
         self.join(10)
 
-    def argvs(self):
-        return [raw.split(b"\0") for raw in self.samples]
+    def argvs(self, netns_inodes=None):
+        """Sampled command lines; only those run in these network namespaces when given."""
+        return [raw.split(b"\0") for raw in self.samples if netns_inodes is None or self.netns.get(raw) in netns_inodes]
 
 
 # -- fixtures --------------------------------------------------------------------------------------
