@@ -15,6 +15,8 @@ description:
     time per phase (role), and what was skipped or failed and why.
   - Only a fixed set of result keys of this collection's modules is recorded; results of tasks
     with C(no_log) are never read, and keys that look like credentials are dropped.
+  - A module of this collection started with C(async) is recorded through the C(async_status)
+    task that collects its result.
   - Enable it with C(callbacks_enabled = airgap.microshift.run_report) in C(ansible.cfg) or the
     E(ANSIBLE_CALLBACKS_ENABLED) environment variable.
 author:
@@ -68,6 +70,7 @@ class CallbackModule(CallbackBase):
         self._task_started = {}
         self._phases = {}
         self._results = []
+        self._jobs = set()
 
     # -- collection ---------------------------------------------------------------------------------
 
@@ -106,6 +109,12 @@ class CallbackModule(CallbackBase):
 
         action = getattr(task, "resolved_action", None) or task.action or ""
         ours = action.startswith(_OUR_PREFIX)
+        job = result._result.get("ansible_job_id")
+        if ours and job and not result._result.get("finished"):
+            # a module of ours started with async: its result arrives through async_status
+            self._jobs.add(job)
+        elif job in self._jobs and action.rpartition(".")[2] == "async_status" and result._result.get("finished"):
+            ours = True
         if not ours and status != "failed":
             return
         if task.no_log or result._result.get("_ansible_no_log"):

@@ -6,8 +6,9 @@
 
 1. Plan: ``skopeo inspect --raw`` of every ref and of every per-architecture manifest (in
    parallel) gives every blob and its size, hence the exact logical, unique and missing bytes.
-2. Schedule: a bounded pool of ``skopeo copy`` runs; an image starts only when none of the
-   blobs it still misses is being fetched by a running copy, so every blob crosses the wire once.
+2. Schedule: a bounded pool of ``skopeo copy`` runs, fed as the plans arrive (the first copy
+   does not wait for the whole plan); an image starts only when none of the blobs it still
+   misses is being fetched by a running copy, so every blob crosses the wire once.
 3. Record: after a copy, the image's manifests (the exact bytes the plan read) and configs are
    put in place, every blob is checked, then the image is added to ``store.json``.
 
@@ -23,7 +24,7 @@ import concurrent.futures
 import hashlib
 import json
 import os
-import threading
+import queue
 
 from ansible_collections.airgap.microshift.plugins.module_utils import _store as store_mod
 from ansible_collections.airgap.microshift.plugins.module_utils._reference import parse_reference
@@ -161,16 +162,26 @@ class BlobScheduler(object):
     """Greedy scheduler: start an image only when none of the blobs it misses is in flight.
 
     ``missing`` maps each image to the set of blobs it must fetch; ``sizes`` (optional) maps
-    blobs to sizes so the largest remaining download starts first. Pure: no threads inside.
+    blobs to sizes so the largest remaining download starts first. Images can be added while
+    others run (:meth:`add`), as their plans arrive. Pure: no threads inside.
     """
 
-    def __init__(self, missing, sizes=None):
-        self.order = list(missing)
-        self.missing = dict((name, set(blobs)) for name, blobs in missing.items())
-        self.sizes = sizes or {}
-        self.pending = list(self.order)
+    def __init__(self, missing=None, sizes=None):
+        self.missing = {}
+        self.position = {}
+        self.sizes = dict(sizes or {})
+        self.pending = []
         self.running = {}
         self.completed = set()
+        for name, blobs in (missing or {}).items():
+            self.add(name, blobs)
+
+    def add(self, name, blobs, sizes=None):
+        """Queue ``name``, which needs ``blobs`` (a set of digests, ``sizes`` their sizes)."""
+        self.missing[name] = set(blobs)
+        self.position[name] = len(self.position)
+        self.sizes.update(sizes or {})
+        self.pending.append(name)
 
     def remaining(self, name):
         return self.missing[name] - self.completed
@@ -190,7 +201,7 @@ class BlobScheduler(object):
         ready = [name for name in self.pending if not (self.remaining(name) & busy)]
         if not ready:
             return None
-        return max(ready, key=lambda name: (self._weight(name), -self.order.index(name)))
+        return max(ready, key=lambda name: (self._weight(name), -self.position[name]))
 
     def start(self, name):
         self.pending.remove(name)
@@ -228,126 +239,64 @@ def simulate_schedule(missing, parallel, sizes=None):
     return snapshots
 
 
+def may_start_early(free, margin, to_fetch_so_far, planned, total):
+    """Whether copies may start before every image is planned, as far as disk space goes.
+
+    Only while the free space is at least twice the bytes the images planned so far
+    extrapolate to for the whole list (``to_fetch_so_far * total / planned``). A list that
+    would not fit is then refused by the check on the complete plan, before any copy;
+    copies still start at once on a store with ample room. Pure.
+    """
+    if planned <= 0:
+        return False
+    projected = to_fetch_so_far * float(total) / planned
+    return free - margin >= 2 * projected
+
+
 # Running ----------------------------------------------------------------------------------
+
+# Manifest reads are small and wait on round trips: more of them in flight than copies.
+MIN_PLAN_PARALLEL = 8
 
 
 class DownloadOptions(object):
-    def __init__(self, store, registry_options, parallel=4, keep_going=False, verify=False):
+    def __init__(self, store, registry_options, parallel=4, keep_going=False, verify=False, free_space_margin=0):
         self.store = store
         self.registry = registry_options
         self.parallel = max(1, int(parallel))
+        self.plan_parallel = max(self.parallel, MIN_PLAN_PARALLEL)
         self.keep_going = keep_going
         self.verify = verify
+        self.free_space_margin = max(0, int(free_space_margin))
 
 
-def _parallel_map(function, items, parallel):
-    """``{item: (result, error)}`` running ``function`` over ``items`` in a thread pool."""
-    results = {}
-    if not items:
-        return results
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(parallel, len(items)))) as pool:
-        futures = dict((pool.submit(function, item), item) for item in items)
-        for future in concurrent.futures.as_completed(futures):
-            item = futures[future]
-            try:
-                results[item] = (future.result(), None)
-            except (SkopeoError, PlanError) as exc:
-                results[item] = (None, exc)
-    return results
+def _error_message(exc):
+    return exc.message if isinstance(exc, SkopeoError) else str(exc)
 
 
-def plan_downloads(refs, skopeo, options):
-    """Inspect every ref not already complete in the store and build the download plan.
+def plan_image(ref, skopeo, options):
+    """Read the manifests of ``ref`` (the index, then each per-architecture manifest).
 
-    Returns ``{"index", "skipped": [ref], "plans": {ref: plan}, "failed": {ref: message},
-    "retries": n, "attempts": {failed ref: skopeo calls made for it}}``.
+    Returns ``(plan, retries)``; raises :class:`SkopeoError` or :class:`PlanError` naming the ref.
     """
-    index = store_mod.read_index(options.store) if os.path.isdir(options.store) else store_mod.empty_index()
-    skipped, to_inspect = [], []
-    for ref in refs:
-        if store_mod.image_complete(options.store, index, ref):
-            skipped.append(ref)
-        else:
-            to_inspect.append(ref)
-
-    counters = {"retries": 0}
-    lock = threading.Lock()
-
-    def inspect(ref):
-        result = skopeo.inspect_raw(ref, options.registry)
-        with lock:
-            counters["retries"] += result.retries
-        return result.stdout
-
-    tops = _parallel_map(inspect, to_inspect, options.parallel)
-    failed, parsed_tops, child_refs, attempts = {}, {}, set(), {}
-    for ref in to_inspect:
-        raw, error = tops[ref]
-        if error is not None:
-            failed[ref] = error.message if isinstance(error, SkopeoError) else str(error)
-            attempts[ref] = getattr(error, "attempts", 1)
-            continue
-        try:
-            top = parse_manifest(raw, ref)
-        except PlanError as exc:
-            failed[ref] = str(exc)
-            continue
-        parsed_tops[ref] = (raw, top)
-        if top["kind"] == "index":
-            for child in top["children"]:
-                child_refs.add(pinned_reference(ref, child["digest"]))
-    children = _parallel_map(inspect, sorted(child_refs), options.parallel)
-
-    plans = {}
-    for ref, (raw, top) in parsed_tops.items():
-        children_raw = {}
-        try:
-            if top["kind"] == "index":
-                for child in top["children"]:
-                    child_raw, error = children[pinned_reference(ref, child["digest"])]
-                    if error is not None:
-                        attempts[ref] = getattr(error, "attempts", 1)
-                        raise PlanError(error.message if isinstance(error, SkopeoError) else str(error))
-                    children_raw[child["digest"]] = child_raw
-            plans[ref] = build_image_plan(ref, raw, children_raw)
-        except PlanError as exc:
-            failed[ref] = str(exc)
-    return {"index": index, "skipped": skipped, "plans": plans, "failed": failed, "retries": counters["retries"],
-            "attempts": attempts}
+    retries = 0
+    top = skopeo.inspect_raw(ref, options.registry)
+    retries += top.retries
+    parsed = parse_manifest(top.stdout, ref)
+    children_raw = {}
+    if parsed["kind"] == "index":
+        for child in parsed["children"]:
+            if child["digest"] in children_raw:
+                continue
+            read = skopeo.inspect_raw(pinned_reference(ref, child["digest"]), options.registry)
+            retries += read.retries
+            children_raw[child["digest"]] = read.stdout
+    return build_image_plan(ref, top.stdout, children_raw), retries
 
 
 def missing_blobs(store, blobs):
     """The blobs of ``{digest: size}`` not in place in ``store``."""
     return dict((digest, size) for digest, size in blobs.items() if not store_mod.blob_present(store, digest, size))
-
-
-def summarize_plan(refs, planning, store):
-    """Byte counts of a plan: logical, unique, still to fetch (dedup across images)."""
-    index = planning["index"]
-    unique, logical = {}, 0
-    for ref in refs:
-        if ref in planning["plans"]:
-            plan = planning["plans"][ref]
-            unique.update(plan["blobs"])
-            logical += plan["size"]
-        elif ref in planning["skipped"]:
-            entry = index["images"][ref]
-            unique.update(store_mod.image_blobs(entry))
-            logical += entry.get("size", 0)
-    to_fetch = {}
-    for plan in planning["plans"].values():
-        to_fetch.update(missing_blobs(store, plan["blobs"]))
-    unique_bytes = sum(unique.values())
-    return {
-        "images_to_fetch": [ref for ref in refs if ref in planning["plans"]],
-        "images_skipped": [ref for ref in refs if ref in planning["skipped"]],
-        "images_failed": [ref for ref in refs if ref in planning["failed"]],
-        "logical_bytes": logical,
-        "unique_bytes": unique_bytes,
-        "bytes_to_fetch": sum(to_fetch.values()),
-        "blobs_to_fetch": len(to_fetch),
-        "dedup_ratio": round(float(logical) / unique_bytes, 3) if unique_bytes else 1.0,
-    }
 
 
 def _layout_blob_digests(store, layout_dir):
@@ -358,9 +307,9 @@ def _layout_blob_digests(store, layout_dir):
             index = json.loads(handle.read().decode("utf-8"))
     except (OSError, ValueError):
         return found
-    queue = [m.get("digest") for m in index.get("manifests", []) if isinstance(m, dict)]
-    while queue:
-        digest = queue.pop()
+    queue_ = [m.get("digest") for m in index.get("manifests", []) if isinstance(m, dict)]
+    while queue_:
+        digest = queue_.pop()
         if not digest or digest in found:
             continue
         found.add(digest)
@@ -370,7 +319,7 @@ def _layout_blob_digests(store, layout_dir):
         except (OSError, ValueError):
             continue
         if isinstance(doc, dict):
-            queue.extend(m.get("digest") for m in doc.get("manifests", []) if isinstance(m, dict))
+            queue_.extend(m.get("digest") for m in doc.get("manifests", []) if isinstance(m, dict))
             if isinstance(doc.get("config"), dict):
                 found.add(doc["config"].get("digest"))
     return found
@@ -385,12 +334,21 @@ def _config_platform(store, digest):
     return format_platform(config) if isinstance(config, dict) else None
 
 
-def download_image(plan, skopeo, options, protected):
-    """Fetch one planned image into the store and record it. Returns a result dict (never raises)."""
+def _result(ref, status, digest=None, size=0, layout=None, error=None, attempts=0, retries=0, fetched_bytes=0):
+    return {"ref": ref, "digest": digest, "status": status, "size": size, "fetched_bytes": fetched_bytes,
+            "attempts": attempts, "retries": retries, "layout": layout or store_mod.layout_path(ref), "error": error}
+
+
+def download_image(plan, skopeo, options):
+    """Fetch one planned image into the store and record it. Returns a result dict (never raises).
+
+    ``result["leftovers"]`` names the converted manifests skopeo wrote for a docker-typed image:
+    the caller removes those no image needs once every plan is known.
+    """
     store = options.store
     ref = plan["ref"]
-    result = {"ref": ref, "digest": plan["digest"], "status": "failed", "size": plan["size"], "attempts": 0,
-              "fetched_bytes": 0, "retries": 0, "layout": plan["layout"], "error": None}
+    result = _result(ref, "failed", plan["digest"], plan["size"], plan["layout"])
+    result["leftovers"] = set()
     layout_dir = os.path.join(store, *plan["layout"].split("/"))
     to_fetch = missing_blobs(store, plan["fetchable"])
     try:
@@ -410,12 +368,8 @@ def download_image(plan, skopeo, options, protected):
             result["attempts"] = copied.attempts
             result["retries"] += copied.retries
             if plan["docker_typed"]:
-                # skopeo wrote converted (OCI) manifests and configs: drop the ones nobody needs
-                for digest in _layout_blob_digests(store, layout_dir) - protected:
-                    try:
-                        os.unlink(store_mod.blob_path(store, digest))
-                    except OSError:
-                        pass
+                # skopeo wrote converted (OCI) manifests and configs next to the originals
+                result["leftovers"] = _layout_blob_digests(store, layout_dir) - set(plan["blobs"])
         store_mod.put_blob(store, plan["digest"], plan["raw"])
         for manifest in plan["manifests"]:
             store_mod.put_blob(store, manifest["digest"], manifest["raw"])
@@ -447,39 +401,202 @@ def download_image(plan, skopeo, options, protected):
     return result
 
 
-def run_downloads(refs, planning, skopeo, options):
-    """Download every planned image with the scheduler; returns results in ``refs`` order."""
-    plans = planning["plans"]
-    missing = dict((ref, set(missing_blobs(options.store, plans[ref]["fetchable"]))) for ref in refs if ref in plans)
-    sizes = {}
-    protected = set(planning["index"].get("blobs", {}))
-    for plan in plans.values():
-        sizes.update(plan["fetchable"])
-        protected.update(plan["blobs"])
-    scheduler = BlobScheduler(missing, sizes)
-    results = {}
-    stop = False
-    with concurrent.futures.ThreadPoolExecutor(max_workers=options.parallel) as pool:
-        running = {}
-        while scheduler.pending or running:
-            while not stop and len(running) < options.parallel:
-                ref = scheduler.next_ready()
-                if ref is None:
+class DownloadRun(object):
+    """Plan and download a list of refs, the copies starting as soon as their image is planned.
+
+    Manifests are read by a pool of ``options.plan_parallel`` workers; each image, once
+    planned, joins the :class:`BlobScheduler` that feeds ``options.parallel`` copies, so the
+    first copy starts after the first image's manifests arrive instead of after the whole
+    list's. Before each copy, the bytes still to fetch of every image planned so far plus
+    ``free_space_margin`` must fit in the store's free space; while the plan is incomplete,
+    copies start only when :func:`may_start_early` allows it.
+
+    With ``check_mode`` only the plan is made. ``on_start(count)`` is called once the store has
+    been read, with the number of images to plan (those not complete in it); ``on_image(result)``
+    (from the calling thread) for every one of them as it ends fetched, failed or not started.
+
+    After :meth:`run`: ``results`` (ref -> result), ``plans``, ``skipped``, ``index`` (the store
+    index read at the start), ``to_fetch`` (every blob missing when its image was planned, with
+    its size), ``plan_retries``, ``stopped`` (why no further copy started, or None) and
+    ``space_error`` (the free-space message, or None).
+    """
+
+    def __init__(self, refs, skopeo, options, check_mode=False, on_start=None, on_image=None, free_bytes=None, prepare_store=None):
+        self.refs = list(refs)
+        self.skopeo = skopeo
+        self.options = options
+        self.check_mode = check_mode
+        self.on_start = on_start or (lambda count: None)
+        self.on_image = on_image or (lambda result: None)
+        self.free_bytes = free_bytes or store_mod.free_bytes
+        self.prepare_store = prepare_store or (lambda: None)
+        self.results = {}
+        self.plans = {}
+        self.skipped = []
+        self.to_fetch = {}
+        self.plan_retries = 0
+        self.stopped = None
+        self.space_error = None
+        self.index = None
+        self.scheduler = BlobScheduler()
+        self._events = queue.Queue()
+        self._leftovers = set()
+        self._store_ready = False
+
+    # workers (other threads): they only post events ---------------------------------------
+
+    def _plan_job(self, ref):
+        try:
+            plan, retries = plan_image(ref, self.skopeo, self.options)
+            self._events.put(("planned", ref, (plan, retries)))
+        except (SkopeoError, PlanError) as exc:
+            self._events.put(("plan_failed", ref, exc))
+        except Exception as exc:  # pylint: disable=broad-except
+            self._events.put(("plan_failed", ref, PlanError("%s: %s" % (ref, exc))))
+
+    def _copy_job(self, ref):
+        try:
+            result = download_image(self.plans[ref], self.skopeo, self.options)
+        except Exception as exc:  # pylint: disable=broad-except
+            result = _result(ref, "failed", self.plans[ref]["digest"], self.plans[ref]["size"], self.plans[ref]["layout"],
+                             error="%s: %s" % (ref, exc))
+        self._events.put(("copied", ref, result))
+
+    # the calling thread ----------------------------------------------------------------------
+
+    def _finish(self, ref, result):
+        self._leftovers |= result.pop("leftovers", set())
+        self.results[ref] = result
+        self.on_image(result)
+
+    def _stop(self, reason):
+        if self.stopped is None:
+            self.stopped = reason
+
+    def bytes_still_to_fetch(self):
+        return sum(size for digest, size in self.to_fetch.items() if digest not in self.scheduler.completed)
+
+    def _space_allows(self, planning_done, planned, total):
+        free = self.free_bytes(self.options.store)
+        margin = self.options.free_space_margin
+        needed = self.bytes_still_to_fetch()
+        if free - margin >= needed and (planning_done or may_start_early(free, margin, sum(self.to_fetch.values()), planned, total)):
+            return True
+        if planning_done:
+            self.space_error = ("not enough free space for store %s: %d bytes needed (%d to fetch plus a margin of %d), %d free"
+                                % (self.options.store, needed + margin, needed, margin, free))
+            self._stop(self.space_error)
+        return False
+
+    def _start_copies(self, pool, running, planning_done, planned, total):
+        while self.stopped is None and len(running) < self.options.parallel and self.scheduler.pending:
+            ref = self.scheduler.next_ready()
+            if ref is None or not self._space_allows(planning_done, planned, total):
+                return
+            if not self._store_ready:
+                self.prepare_store()
+                self._store_ready = True
+            self.scheduler.start(ref)
+            running.add(ref)
+            pool.submit(self._copy_job, ref)
+
+    def run(self):
+        store = self.options.store
+        self.index = store_mod.read_index(store) if os.path.isdir(store) else store_mod.empty_index()
+        to_plan = []
+        for ref in self.refs:
+            if store_mod.image_complete(store, self.index, ref):
+                self.skipped.append(ref)
+            else:
+                to_plan.append(ref)
+        self.on_start(len(to_plan))
+        if not to_plan:
+            return self
+        planner = concurrent.futures.ThreadPoolExecutor(max_workers=min(self.options.plan_parallel, len(to_plan)))
+        copier = concurrent.futures.ThreadPoolExecutor(max_workers=self.options.parallel)
+        try:
+            for ref in to_plan:
+                planner.submit(self._plan_job, ref)
+            outstanding = len(to_plan)
+            running = set()
+            while True:
+                if not self.check_mode:
+                    self._start_copies(copier, running, outstanding == 0, len(self.plans), len(to_plan))
+                if outstanding == 0 and not running:
                     break
-                scheduler.start(ref)
-                running[pool.submit(download_image, plans[ref], skopeo, options, protected)] = ref
-            if not running:
-                break
-            done, dummy = concurrent.futures.wait(list(running), return_when=concurrent.futures.FIRST_COMPLETED)
-            for future in done:
-                ref = running.pop(future)
-                result = future.result()
-                results[ref] = result
-                scheduler.finish(ref, result["status"] == "fetched")
-                if result["status"] == "failed" and not options.keep_going:
-                    stop = True
-        for ref in scheduler.cancel_pending():
-            results[ref] = {"ref": ref, "digest": plans[ref]["digest"], "status": "not_started", "size": plans[ref]["size"],
-                            "attempts": 0, "fetched_bytes": 0, "retries": 0, "layout": plans[ref]["layout"],
-                            "error": "not started: an earlier image failed and keep_going is false"}
-    return results
+                kind, ref, payload = self._events.get()
+                if kind == "planned":
+                    outstanding -= 1
+                    plan, retries = payload
+                    self.plan_retries += retries
+                    self.plans[ref] = plan
+                    missing = missing_blobs(store, plan["fetchable"])
+                    for digest, size in missing_blobs(store, plan["blobs"]).items():
+                        self.to_fetch[digest] = size
+                    self.scheduler.add(ref, set(missing), missing)
+                elif kind == "plan_failed":
+                    outstanding -= 1
+                    result = _result(ref, "failed", error=_error_message(payload), attempts=getattr(payload, "attempts", 1))
+                    result["retries"] = max(0, result["attempts"] - 1)
+                    self._finish(ref, result)
+                    if not self.options.keep_going:
+                        # planning goes on (it is cheap), so that every bad reference is named at once
+                        self._stop(result["error"])
+                else:
+                    running.discard(ref)
+                    self.scheduler.finish(ref, payload["status"] == "fetched")
+                    self._finish(ref, payload)
+                    if payload["status"] == "failed" and not self.options.keep_going:
+                        self._stop(payload["error"])
+            if self.check_mode and self.stopped is None:
+                self._space_allows(True, len(self.plans), len(to_plan))
+        finally:
+            planner.shutdown(wait=True)
+            copier.shutdown(wait=True)
+            self._remove_leftovers()
+        if not self.check_mode:
+            reason = "not started: %s" % (self.stopped or "an earlier image failed and keep_going is false")
+            for ref in self.scheduler.cancel_pending():
+                plan = self.plans[ref]
+                self._finish(ref, _result(ref, "not_started", plan["digest"], plan["size"], plan["layout"], error=reason))
+            for ref in to_plan:
+                if ref not in self.results and ref not in self.plans:
+                    self._finish(ref, _result(ref, "not_started", error=reason))
+        return self
+
+    def _remove_leftovers(self):
+        """Delete converted manifests skopeo wrote that no image of the store or of this run names."""
+        if not self._leftovers:
+            return
+        needed = set(self.index.get("blobs", {}))
+        for plan in self.plans.values():
+            needed.update(plan["blobs"])
+        for digest in self._leftovers - needed:
+            try:
+                os.unlink(store_mod.blob_path(self.options.store, digest))
+            except OSError:
+                pass
+
+    def summary_plan(self):
+        """Byte counts of the plan: logical, unique, still to fetch (dedup across images)."""
+        unique, logical = {}, 0
+        for ref in self.refs:
+            if ref in self.plans:
+                unique.update(self.plans[ref]["blobs"])
+                logical += self.plans[ref]["size"]
+            elif ref in self.skipped:
+                entry = self.index["images"][ref]
+                unique.update(store_mod.image_blobs(entry))
+                logical += entry.get("size", 0)
+        unique_bytes = sum(unique.values())
+        failed = [ref for ref in self.refs if self.results.get(ref, {}).get("status") == "failed" and ref not in self.plans]
+        return {
+            "images_to_fetch": [ref for ref in self.refs if ref in self.plans],
+            "images_skipped": [ref for ref in self.refs if ref in self.skipped],
+            "images_failed": failed,
+            "logical_bytes": logical,
+            "unique_bytes": unique_bytes,
+            "bytes_to_fetch": sum(self.to_fetch.values()),
+            "blobs_to_fetch": len(self.to_fetch),
+            "dedup_ratio": round(float(logical) / unique_bytes, 3) if unique_bytes else 1.0,
+        }

@@ -215,12 +215,37 @@ def image_blobs(entry):
 
 def image_complete(store, index, ref):
     """True when ``ref`` is recorded and every one of its blobs is in place with its size."""
+    return image_status(store, index, ref)["status"] == "complete"
+
+
+def image_status(store, index, ref, checksum=False):
+    """``{"ref", "status", "digest", "size", "problem"}`` of ``ref`` in the store.
+
+    ``status`` is ``complete``, ``missing`` (not in the index), ``incomplete`` (a blob or the layout
+    is missing or has another size) or, with ``checksum``, ``corrupt`` (a blob does not hash to its
+    digest). ``problem`` names the first blob (or the layout) at fault.
+    """
     entry = index.get("images", {}).get(ref)
     if not entry:
-        return False
-    if read_layout_digest(store, entry.get("layout", "")) != entry.get("digest"):
-        return False
-    return all(blob_present(store, digest, size) for digest, size in image_blobs(entry).items())
+        return {"ref": ref, "status": "missing", "digest": None, "size": 0, "problem": None}
+    result = {"ref": ref, "status": "complete", "digest": entry.get("digest"), "size": entry.get("size", 0), "problem": None}
+    layout_digest = read_layout_digest(store, entry.get("layout", ""))
+    if layout_digest != entry.get("digest"):
+        result.update(status="incomplete", problem="the layout %s does not name %s" % (entry.get("layout"), entry.get("digest")))
+        return result
+    blobs = sorted(image_blobs(entry).items())
+    for digest, size in blobs:
+        problem = verify_blob(store, digest, size)
+        if problem:
+            result.update(status="incomplete", problem=problem)
+            return result
+    if checksum:
+        for digest, size in blobs:
+            problem = verify_blob(store, digest, size, check_digest=True)
+            if problem:
+                result.update(status="corrupt", problem=problem)
+                return result
+    return result
 
 
 def utc_now():

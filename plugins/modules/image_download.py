@@ -14,13 +14,16 @@ description:
   - Copies a list of image references into the image store with C(skopeo), one OCI layout per
     image and one shared blob directory, so a layer shared by several images is fetched and
     stored once. The store layout is described in the collection's C(docs/store-format.md).
-  - It plans first. C(skopeo inspect --raw) of every reference and of every per-architecture
+  - It plans each image. C(skopeo inspect --raw) of every reference and of every per-architecture
     manifest, run in parallel, gives every blob and its size, hence the exact logical, unique and
     missing bytes. Images already complete in the store are skipped without any network access.
-  - Before any download it checks that the store's filesystem has room for the missing bytes
-    plus O(free_space_margin).
-  - A bounded pool of copies runs in parallel. An image starts only when none of the blobs it
-    still misses is being fetched by a running copy, so each blob is fetched once.
+  - A bounded pool of copies runs in parallel, fed as the plans arrive; the first copy starts as
+    soon as its image is planned, not after the whole list. An image starts only when none of the
+    blobs it still misses is being fetched by a running copy, so each blob is fetched once.
+  - Before each copy it checks that the store's filesystem has room for the bytes still missing
+    (of every image planned so far) plus O(free_space_margin). While the plan is incomplete, a copy
+    starts early only when the free space is at least twice what the plan so far extrapolates to
+    for the whole list, so a list that does not fit is refused before any download.
   - Transient registry errors (connection reset or refused, EOF, timeouts, 429, 5xx) are retried
     with exponential backoff and jitter. Permanent errors (401, 403, unknown manifest or
     repository, untrusted certificate) fail the image at once, with a message naming the image
@@ -84,6 +87,7 @@ options:
       - When V(true), a failed image does not stop the others; the module still fails at the end
         and lists every failed image and its cause, and every image that succeeded is recorded.
       - When V(false), the first failure stops new copies; running ones finish and are recorded.
+        Planning goes on, so every reference that cannot be read is named in one run.
     type: bool
     default: false
   verify:
@@ -102,9 +106,20 @@ options:
   free_space_margin:
     description:
       - Bytes that must remain free on the store's filesystem after the download. The module
-        fails before downloading anything when the missing bytes plus this margin exceed the free space.
+        fails when the missing bytes plus this margin exceed the free space; no copy starts then,
+        and the images already copied stay recorded.
     type: int
     default: 1073741824
+  progress_file:
+    description:
+      - Append one line per finished image to this file (created or emptied at the start), then an
+        C(end) line, so that a playbook can follow a run started with C(async) and C(poll=0); the
+        P(airgap.microshift.download#role) role does. Not written in check mode.
+      - "Lines, tab-separated: C(<k> <status> <ref> <bytes fetched>) with C(status) one of V(fetched),
+        V(failed) and V(not_started) (skipped images have no line), and last C(end <ok|failed> <message>).
+        Should the module die before it can write the C(end) line, a watcher process writes C(end failed) for it."
+    type: path
+    version_added: 0.1.0
   skopeo_path:
     description: Path of the skopeo binary. By default skopeo is looked up in the C(PATH).
     type: path
@@ -228,6 +243,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.airgap.microshift.plugins.module_utils import _download as download
 from ansible_collections.airgap.microshift.plugins.module_utils import _store as store_mod
+from ansible_collections.airgap.microshift.plugins.module_utils._progress import ProgressFile
 from ansible_collections.airgap.microshift.plugins.module_utils._reference import InvalidReference, parse_reference
 from ansible_collections.airgap.microshift.plugins.module_utils._skopeo import RegistryOptions, Skopeo
 
@@ -255,89 +271,67 @@ def main():
             tls_verify=dict(type="bool", default=True),
             cert_dir=dict(type="path"),
             free_space_margin=dict(type="int", default=1073741824),
+            progress_file=dict(type="path"),
             skopeo_path=dict(type="path"),
         ),
         supports_check_mode=True,
     )
     params = module.params
     store = params["store"]
+    # The progress file first: a follower then learns of every failure below from its end line.
+    progress = None
+    if params["progress_file"] and not module.check_mode:
+        try:
+            progress = ProgressFile(params["progress_file"])
+        except (OSError, IOError) as exc:
+            module.fail_json(msg="cannot write progress_file %s: %s" % (params["progress_file"], exc))
+        progress.guard()
+
+    def fail(msg, **extra):
+        if progress is not None:
+            progress.end(False, msg)
+        module.fail_json(msg=msg, **extra)
+
     refs = _unique(params["images"])
     for ref in refs:
         try:
             parse_reference(ref)
             store_mod.layout_name(ref)
         except (InvalidReference, store_mod.StoreError) as exc:
-            module.fail_json(msg="images: %s" % exc)
+            fail("images: %s" % exc)
     for name in ("parallel",):
         if params[name] < 1:
-            module.fail_json(msg="%s must be at least 1, not %d" % (name, params[name]))
+            fail("%s must be at least 1, not %d" % (name, params[name]))
     if params["retries"] < 0 or params["retry_delay"] < 0 or params["free_space_margin"] < 0:
-        module.fail_json(msg="retries, retry_delay and free_space_margin must not be negative")
+        fail("retries, retry_delay and free_space_margin must not be negative")
     if params["authfile"] and not os.path.isfile(params["authfile"]):
-        module.fail_json(msg="authfile %s does not exist or is not a file" % params["authfile"])
+        fail("authfile %s does not exist or is not a file" % params["authfile"])
     if params["cert_dir"] and not os.path.isdir(params["cert_dir"]):
-        module.fail_json(msg="cert_dir %s does not exist or is not a directory" % params["cert_dir"])
+        fail("cert_dir %s does not exist or is not a directory" % params["cert_dir"])
     if os.path.exists(store) and not os.path.isdir(store):
-        module.fail_json(msg="store %s exists and is not a directory" % store)
+        fail("store %s exists and is not a directory" % store)
     if not os.path.isdir(os.path.dirname(os.path.abspath(store))):
-        module.fail_json(msg="the parent directory of store %s does not exist" % store)
+        fail("the parent directory of store %s does not exist" % store)
     if not params["tls_verify"]:
         module.warn("tls_verify is false: registry certificates are not verified; use this only with a test registry")
 
     binary = params["skopeo_path"]
     if binary:
         if not os.access(binary, os.X_OK):
-            module.fail_json(msg="skopeo_path %s is not an executable file" % binary)
+            fail("skopeo_path %s is not an executable file" % binary)
     else:
         binary = module.get_bin_path("skopeo")
         if not binary:
-            module.fail_json(msg="skopeo is required to download images and was not found in PATH; install the skopeo package")
+            fail("skopeo is required to download images and was not found in PATH; install the skopeo package")
 
     started = time.monotonic()
     skopeo = Skopeo(binary, retries=params["retries"], retry_delay=params["retry_delay"])
     options = download.DownloadOptions(store, RegistryOptions(params["authfile"], params["tls_verify"], params["cert_dir"]),
-                                       parallel=params["parallel"], keep_going=params["keep_going"], verify=params["verify"])
-    try:
-        planning = download.plan_downloads(refs, skopeo, options)
-    except store_mod.StoreError as exc:
-        module.fail_json(msg="store %s: %s" % (store, exc))
-    plan = download.summarize_plan(refs, planning, store)
-    plan["free_bytes"] = store_mod.free_bytes(store)
+                                       parallel=params["parallel"], keep_going=params["keep_going"], verify=params["verify"],
+                                       free_space_margin=params["free_space_margin"])
 
-    def entry(ref, status, error=None):
-        if ref in planning["plans"]:
-            item = planning["plans"][ref]
-            digest, size, layout = item["digest"], item["size"], item["layout"]
-        elif ref in planning["skipped"]:
-            item = planning["index"]["images"][ref]
-            digest, size, layout = item["digest"], item.get("size", 0), item["layout"]
-        else:
-            digest, size, layout = None, 0, store_mod.layout_path(ref)
-        attempts = planning.get("attempts", {}).get(ref, 0) if status == "failed" else 0
-        return {"ref": ref, "digest": digest, "status": status, "size": size, "fetched_bytes": 0,
-                "attempts": attempts, "retries": max(0, attempts - 1), "layout": layout, "error": error}
-
-    failed_at_planning = planning["failed"]
-    if failed_at_planning and not params["keep_going"]:
-        images = [entry(ref, "failed", failed_at_planning[ref]) if ref in failed_at_planning else
-                  entry(ref, "skipped" if ref in planning["skipped"] else "not_started") for ref in refs]
-        module.fail_json(msg="cannot download %d image(s): %s" % (len(failed_at_planning), "; ".join(failed_at_planning.values())),
-                         images=images, plan=plan, summary=_summary(images, plan, started, planning["retries"]),
-                         store=store, changed=False)
-
-    needed = plan["bytes_to_fetch"] + params["free_space_margin"]
-    if planning["plans"] and needed > plan["free_bytes"]:
-        module.fail_json(msg="not enough free space for store %s: %d bytes needed (%d to fetch plus a margin of %d), %d free"
-                         % (store, needed, plan["bytes_to_fetch"], params["free_space_margin"], plan["free_bytes"]),
-                         plan=plan, store=store, changed=False)
-
-    if module.check_mode:
-        images = [entry(ref, "planned" if ref in planning["plans"] else ("skipped" if ref in planning["skipped"] else "failed"),
-                        failed_at_planning.get(ref)) for ref in refs]
-        module.exit_json(changed=bool(planning["plans"]), images=images, plan=plan,
-                         summary=_summary(images, plan, started, planning["retries"]), store=store)
-
-    try:
+    def prepare_store():
+        # only once the first copy is about to start: a refused plan leaves no store behind
         if not os.path.isdir(store):
             os.mkdir(store, 0o750)
         os.makedirs(os.path.join(store, store_mod.BLOBS_DIR, "sha256"), exist_ok=True)
@@ -346,25 +340,56 @@ def main():
             with store_mod.StoreLock(store):
                 if not os.path.exists(os.path.join(store, store_mod.STORE_INDEX)):
                     store_mod.write_index(store, store_mod.empty_index())
-    except OSError as exc:
-        module.fail_json(msg="cannot create store %s: %s" % (store, exc.strerror or exc))
 
-    results = download.run_downloads(refs, planning, skopeo, options)
+    def on_image(result):
+        if progress is not None:
+            progress.item(result["status"], result["ref"], result["fetched_bytes"])
+
+    def on_start(to_plan):
+        if progress is not None:
+            progress.start(to_plan, len(refs))
+
+    run = download.DownloadRun(refs, skopeo, options, check_mode=module.check_mode, on_start=on_start, on_image=on_image,
+                               prepare_store=prepare_store)
+
+    def finish(failed, msg=None, **extra):
+        if failed:
+            fail(msg, store=store, **extra)
+        if progress is not None:
+            progress.end(True)
+        module.exit_json(store=store, **extra)
+
+    try:
+        run.run()
+    except store_mod.StoreError as exc:
+        finish(True, "store %s: %s" % (store, exc), changed=bool(run.results and any(
+            r["status"] == "fetched" for r in run.results.values())))
+    except OSError as exc:
+        finish(True, "cannot create store %s: %s" % (store, exc.strerror or exc), changed=False)
+
+    plan = run.summary_plan()
+    plan["free_bytes"] = store_mod.free_bytes(store)
     images = []
     for ref in refs:
-        if ref in results:
-            images.append(results[ref])
-        elif ref in failed_at_planning:
-            images.append(entry(ref, "failed", failed_at_planning[ref]))
+        if ref in run.results:
+            images.append(run.results[ref])
+        elif ref in run.skipped:
+            item = run.index["images"][ref]
+            images.append({"ref": ref, "digest": item["digest"], "status": "skipped", "size": item.get("size", 0), "fetched_bytes": 0,
+                           "attempts": 0, "retries": 0, "layout": item["layout"], "error": None})
         else:
-            images.append(entry(ref, "skipped"))
-    summary = _summary(images, plan, started, planning["retries"])
-    changed = summary["images_fetched"] > 0
+            item = run.plans[ref]
+            images.append({"ref": ref, "digest": item["digest"], "status": "planned", "size": item["size"], "fetched_bytes": 0,
+                           "attempts": 0, "retries": 0, "layout": item["layout"], "error": None})
+    summary = _summary(images, plan, started, run.plan_retries)
+    changed = summary["images_fetched"] > 0 or (module.check_mode and bool(run.plans))
     failures = [image for image in images if image["status"] == "failed"]
+    if run.space_error:
+        finish(True, run.space_error, changed=changed, images=images, summary=summary, plan=plan)
     if failures:
-        module.fail_json(msg="%d of %d image(s) failed: %s" % (len(failures), len(images), "; ".join(i["error"] for i in failures)),
-                         changed=changed, images=images, summary=summary, plan=plan, store=store)
-    module.exit_json(changed=changed, images=images, summary=summary, plan=plan, store=store)
+        finish(True, "%d of %d image(s) failed: %s" % (len(failures), len(images), "; ".join(i["error"] for i in failures)),
+               changed=changed, images=images, summary=summary, plan=plan)
+    finish(False, changed=changed, images=images, summary=summary, plan=plan)
 
 
 def _summary(images, plan, started, planning_retries):

@@ -68,3 +68,63 @@ def test_report_written_and_free_of_secrets(tmp_path):
     for path in report_dir.iterdir():
         assert "s3cr3t-Pa55" not in path.read_text()
         assert oct(path.stat().st_mode & 0o777) == oct(0o640)
+
+
+ASYNC_PLAYBOOK = """
+- name: A module of the collection in the background
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Start the store lookup
+      airgap.microshift.image_store_info:
+        store: {store}
+        images: [quay.io/example/app@sha256:{hexd}]
+      async: 60
+      poll: 0
+      register: job
+    - name: Collect the store lookup
+      ansible.builtin.async_status:
+        jid: "{{{{ job.ansible_job_id }}}}"
+      register: outcome
+      until: outcome.finished
+      retries: 60
+      delay: 1
+    - name: Another job, not of the collection
+      ansible.builtin.command: /bin/true
+      async: 60
+      poll: 0
+      register: other
+    - name: Collect the other job
+      ansible.builtin.async_status:
+        jid: "{{{{ other.ansible_job_id }}}}"
+      register: other_outcome
+      until: other_outcome.finished
+      retries: 60
+      delay: 1
+"""
+
+
+def test_a_module_run_with_async_is_recorded_through_async_status(tmp_path):
+    playbook = tmp_path / "async-test.yml"
+    playbook.write_text(ASYNC_PLAYBOOK.format(store=tmp_path / "no-store", hexd="a" * 64))
+    report_dir = tmp_path / "reports"
+    env = dict(os.environ)
+    env.update({
+        "ANSIBLE_COLLECTIONS_PATH": COLLECTIONS_PATH,
+        "ANSIBLE_CALLBACKS_ENABLED": "airgap.microshift.run_report",
+        "AIRGAP_MICROSHIFT_REPORT_DIR": str(report_dir),
+        "ANSIBLE_ASYNC_DIR": str(tmp_path / "async"),
+        "ANSIBLE_NOCOLOR": "1",
+    })
+    proc = subprocess.run(
+        [sys.executable, "-m", "ansible.cli.playbook", "-i", "localhost,", "-c", "local",
+         "-e", "ansible_python_interpreter=" + sys.executable, str(playbook)],
+        env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((report_dir / "latest.json").read_text())
+    collected = [r for r in report["results"] if r["task"] == "Collect the store lookup"]
+    assert len(collected) == 1
+    assert collected[0]["result"]["missing"] == ["quay.io/example/app@sha256:" + "a" * 64]
+    assert collected[0]["result"]["summary"]["missing"] == 1
+    assert not [r for r in report["results"] if r["task"] == "Collect the other job"]

@@ -17,6 +17,7 @@ import pytest
 
 from ansible.module_utils.testing import patch_module_args
 
+from ansible_collections.airgap.microshift.plugins.module_utils import _progress as progress
 from ansible_collections.airgap.microshift.plugins.module_utils import _store as store_mod
 from ansible_collections.airgap.microshift.plugins.modules import image_download
 
@@ -201,3 +202,32 @@ def test_interrupted_image_is_completed_by_the_next_run(local_registry, syntheti
     assert not failed and result["changed"] and result["images"][0]["status"] == "fetched"
     assert result["summary"]["bytes_fetched"] == image["blobs"][layer]
     assert _store_files(store) == image["blobs"]
+
+
+def test_progress_file_names_every_image_then_the_end(local_registry, synthetic_images, tmp_path, capsys):
+    pushed = synthetic_images.push_set("dl-progress")
+    refs = [image["ref"] for image in pushed]
+    store = str(tmp_path / "store")
+    path = str(tmp_path / "store" / ".progress")
+    failed, result = run_module(capsys, _args(local_registry, store, refs[:2], progress_file=path))
+    assert not failed
+    start, items, end = progress.parse(open(path).read())
+    assert start == {"count": 2, "asked": 2} and end == {"ok": True, "message": ""}
+    assert sorted(i["name"] for i in items) == sorted(refs[:2]) and [i["count"] for i in items] == [1, 2]
+    assert {i["status"] for i in items} == {"fetched"}
+    assert sum(i["bytes"] for i in items) == result["summary"]["bytes_fetched"]
+    # the images already complete have no line; a bad ref ends the file with the module's message
+    ghost = refs[0].rsplit("@", 1)[0] + "@sha256:" + "d" * 64
+    failed, result = run_module(capsys, _args(local_registry, store, refs + [ghost], progress_file=path))
+    assert failed
+    start, items, end = progress.parse(open(path).read())
+    assert start == {"count": 3, "asked": 5}
+    assert {i["name"]: i["status"] for i in items}[ghost] == "failed" and len(items) == 3
+    assert end == {"ok": False, "message": result["msg"]}
+    # argument errors end the file too
+    failed, result = run_module(capsys, _args(local_registry, store, ["not a ref"], progress_file=path))
+    assert failed and progress.parse(open(path).read()) == (None, [], {"ok": False, "message": result["msg"]})
+    # check mode writes no progress file
+    os.unlink(path)
+    failed, result = run_module(capsys, _args(local_registry, store, refs, progress_file=path), check_mode=True)
+    assert not failed and not os.path.exists(path)
