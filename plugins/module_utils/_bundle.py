@@ -25,9 +25,9 @@ import os
 import re
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal, InvalidOperation
 
+from ansible_collections.airgap.microshift.plugins.module_utils import _workers
 from ansible_collections.airgap.microshift.plugins.module_utils._store import (
     free_bytes,
     StoreError,
@@ -232,11 +232,7 @@ def remove_stale_temps(directory):
 
 def run_parallel(tasks, parallel):
     """Run callables on ``parallel`` threads (hashlib and file I/O release the GIL); results in order."""
-    if parallel <= 1 or len(tasks) <= 1:
-        return [task() for task in tasks]
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        futures = [pool.submit(task) for task in tasks]
-        return [future.result() for future in futures]
+    return _workers.run_parallel(tasks, parallel, lambda task: task())
 
 
 # ---------------------------------------------------------------- the store

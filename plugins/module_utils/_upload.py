@@ -31,12 +31,14 @@ import re
 import threading
 import time
 
+from ansible_collections.airgap.microshift.plugins.module_utils import _workers
 from ansible_collections.airgap.microshift.plugins.module_utils._reference import (
     InvalidReference,
     is_digest,
     mirror_repository,
     parse_reference,
 )
+from ansible_collections.airgap.microshift.plugins.module_utils._registry import CannotTell, ManifestReader
 from ansible_collections.airgap.microshift.plugins.module_utils._skopeo import (
     PERMANENT,
     RegistryOptions,
@@ -352,7 +354,7 @@ class Registry:
     """How to reach the mirror (auth file, TLS settings) and the retry policy, on top of ``_skopeo``."""
 
     def __init__(self, skopeo, authfile=None, tls_verify=True, cert_dir=None, runner=None, retries=3, retry_delay=2.0,
-                 sleep=None, rng=None):
+                 sleep=None, rng=None, direct_reads=False):
         self.skopeo = skopeo
         self.options = RegistryOptions(authfile=authfile, tls_verify=tls_verify, cert_dir=cert_dir)
         self.runner = runner
@@ -360,6 +362,18 @@ class Registry:
         self.retry_delay = retry_delay
         self.sleep = sleep
         self.rng = rng
+        # With direct_reads, manifest checks are plain HTTPS GETs on kept-alive connections
+        # (_registry.ManifestReader); skopeo answers whatever those cannot tell.
+        self.direct_reads = direct_reads
+        self._readers = {}
+        self._readers_lock = threading.Lock()
+        self.direct_checks = 0
+
+    def reader(self, host):
+        with self._readers_lock:
+            if host not in self._readers:
+                self._readers[host] = ManifestReader(host, self.options.authfile, self.options.tls_verify, self.options.cert_dir)
+            return self._readers[host]
 
     def tool(self, runner=None):
         return Skopeo(self.skopeo, retries=self.retries, retry_delay=self.retry_delay, runner=runner or self.runner,
@@ -406,6 +420,15 @@ class Registry:
         failure (auth, TLS, network after the retries).
         """
         ref = "%s@%s" % (repository, digest)
+        if self.direct_reads:
+            host, dummy, path = repository.partition("/")
+            try:
+                served = self.reader(host).served(path, digest)
+                with self._readers_lock:
+                    self.direct_checks += 1
+                return served, None
+            except CannotTell:
+                pass
         try:
             result = self.tool().run(self.inspect_args(repository, digest), what="Checking %s" % ref)
         except SkopeoError as exc:
@@ -430,103 +453,76 @@ def blob_report(stderr):
 
 # --------------------------------------------------------------------------- scheduling
 
-def run_scheduled(images, parallel, work, should_stop=lambda: False):
-    """Run ``work(image)`` for every image on up to ``parallel`` threads, in list order.
+class PushScheduler(object):
+    """Which push to start next, so that shared blobs are sent once and early. Pure: no threads.
 
-    An image whose blobs overlap the blobs of an image being pushed right now waits until that
-    push ends, so the first push uploads a shared blob and later ones find it (and mount it)
-    instead of uploading it a second time. ``work`` returns True when the image's blobs are
-    now on the registry. Once ``should_stop()`` is true no new work starts.
+    ``needs`` maps each name to ``{blob digest: size}``; ``present`` is the set of blobs the
+    registry already holds. A push waits while another running push sends one of the blobs it
+    still needs (the first one uploads it; the later ones find it, or mount it from the
+    repository it went to). Among the pushes that can start, the one that sends the most bytes
+    other pending pushes also need goes first, the smallest of those first: it unlocks them
+    soonest. Pushes that share nothing go largest first, so that no big one ends the run alone.
     """
-    lock = threading.Condition()
-    pending = list(images)
-    busy = {}        # blob digest -> number of running pushes that need it
-    present = set()  # blobs a finished push put on the registry
-    running = [0]
-    errors = []
 
-    def claim():
-        """The first pending image that does not wait for a running push, or None."""
-        for image in pending:
-            if not any(blob in busy for blob in image.blobs if blob not in present):
-                pending.remove(image)
-                needed = [blob for blob in image.blobs if blob not in present]
-                for blob in needed:
-                    busy[blob] = busy.get(blob, 0) + 1
-                return image, needed
-        return None, None
+    def __init__(self, needs, present=None):
+        self.needs = dict((name, dict(blobs)) for name, blobs in needs.items())
+        self.position = dict((name, index) for index, name in enumerate(needs))
+        self.present = set(present or ())
+        self.pending = list(needs)
+        self.running = {}
 
-    def worker():
-        while True:
-            with lock:
-                while True:
-                    if should_stop() or not pending or errors:
-                        return
-                    image, needed = claim()
-                    if image is not None:
-                        running[0] += 1
-                        break
-                    lock.wait()
-            ok = False
-            try:
-                ok = work(image)
-            except Exception as exc:  # pylint: disable=broad-except
-                with lock:
-                    errors.append(exc)
-            finally:
-                with lock:
-                    running[0] -= 1
-                    for blob in needed:
-                        busy[blob] -= 1
-                        if not busy[blob]:
-                            del busy[blob]
-                    if ok:
-                        present.update(needed)
-                    lock.notify_all()
+    def missing(self, name):
+        return dict((blob, size) for blob, size in self.needs[name].items() if blob not in self.present)
 
-    threads = [threading.Thread(target=worker) for dummy in range(max(1, min(parallel, len(images) or 1)))]
-    for thread in threads:
-        thread.daemon = True
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return pending
+    def in_flight(self):
+        busy = set()
+        for blobs in self.running.values():
+            busy |= blobs
+        return busy
+
+    def next_ready(self):
+        busy = self.in_flight()
+        demand = {}
+        for name in self.pending:
+            for blob in self.missing(name):
+                demand[blob] = demand.get(blob, 0) + 1
+        best, best_key = None, None
+        for name in self.pending:
+            missing = self.missing(name)
+            if busy.intersection(missing):
+                continue
+            shared = sum(size for blob, size in missing.items() if demand[blob] > 1)
+            total = sum(missing.values())
+            key = (shared > 0, shared, -total if shared else total, -self.position[name])
+            if best_key is None or key > best_key:
+                best, best_key = name, key
+        return best
+
+    def start(self, name):
+        self.pending.remove(name)
+        self.running[name] = set(self.missing(name))
+
+    def finish(self, name, success=True):
+        blobs = self.running.pop(name)
+        if success:
+            self.present |= blobs
+
+
+def run_scheduled(images, parallel, work, should_stop=lambda: False):
+    """``work(image)`` for every image on up to ``parallel`` threads, as :class:`PushScheduler` orders.
+
+    ``work`` returns True when the image's blobs are now on the registry. Once ``should_stop()``
+    is true no new push starts. Returns the images never started.
+    """
+    by_name = dict((image.source, image) for image in images)
+    scheduler = PushScheduler(dict((image.source, image.blobs) for image in images))
+    left = _workers.run_scheduled(scheduler, parallel, lambda name: work(by_name[name]), should_stop)
+    return [by_name[name] for name in left]
 
 
 def run_parallel(items, parallel, work):
     """``work(item)`` for every item on up to ``parallel`` threads (no ordering constraints)."""
-    lock = threading.Lock()
-    queue = list(items)
-    results = {}
-    errors = []
-
-    def worker():
-        while True:
-            with lock:
-                if not queue or errors:
-                    return
-                index = len(items) - len(queue)
-                item = queue.pop(0)
-            try:
-                result = work(item)
-            except Exception as exc:  # pylint: disable=broad-except
-                with lock:
-                    errors.append(exc)
-                return
-            with lock:
-                results[index] = result
-
-    threads = [threading.Thread(target=worker) for dummy in range(max(1, min(parallel, len(items) or 1)))]
-    for thread in threads:
-        thread.daemon = True
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return [results[index] for index in range(len(items))]
+    return _workers.run_parallel(items, parallel, work)
 
 
 # --------------------------------------------------------------------------- the upload

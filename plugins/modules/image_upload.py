@@ -23,7 +23,14 @@ description:
   - Pushes run in parallel. Two pushes that need the same blob never run at the same time; the first
     uploads it and the later ones mount it from the repository it went to (containers/image does
     that on its own once its blob-info cache knows where the blob is), so each blob crosses the
-    network once.
+    network once. The pushes that send blobs other images wait for (a shared base layer) start
+    first, the smallest of them first, so the others are unblocked early; images that share nothing
+    go largest first, so that no big one ends the run alone.
+  - Whether the mirror serves a manifest (before the pushes, and to verify them) is read with plain
+    HTTPS GETs over kept-alive connections, with the credentials of O(authfile) (C(Basic) logins)
+    and the certificates of O(cert_dir); whatever that cannot tell for sure (a token login, a
+    credential helper, a proxy, an untrusted certificate, an unexpected answer) is asked of
+    C(skopeo inspect), which then words the error.
   - Network errors, HTTP 429 and 5xx answers are retried with exponential back-off. Authentication,
     permission and certificate errors fail that image at once.
   - After the pushes, checks that the mirror serves every manifest (the top-level one and each
@@ -144,7 +151,8 @@ options:
     type: path
 notes:
   - Credentials are never put on a command line; they come from O(authfile).
-  - The manifests of a pushed image are checked with C(skopeo inspect --raw docker://<repository>@<digest>).
+  - The manifests of a pushed image are checked by reading them back by digest and hashing the bytes
+    (C(skopeo inspect --raw docker://<repository>@<digest>) where the direct read steps aside).
 seealso:
   - module: airgap.microshift.image_download
   - name: containers-registries.conf(5)
@@ -324,7 +332,7 @@ def main():
         module.fail_json(msg=to_native(exc))
 
     registry = Registry(skopeo, params["authfile"], params["tls_verify"], params["cert_dir"], runner=module_runner(module),
-                        retries=params["retries"], retry_delay=params["retry_delay"])
+                        retries=params["retries"], retry_delay=params["retry_delay"], direct_reads=True)
     upload = Upload(registry, images, store=params["store"], parallel=params["parallel"], keep_going=params["keep_going"])
 
     def fail(msg, **extra):

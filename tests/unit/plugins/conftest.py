@@ -229,6 +229,18 @@ class LocalRegistry(object):
         return found
 
 
+@pytest.fixture(autouse=True)
+def _fresh_module_warnings():
+    """Module warnings are process-wide: a test that runs main() in-process must not see the
+    warnings of an earlier one (ansible-test forks per test, plain pytest does not)."""
+    from ansible.module_utils.common import warnings as module_warnings
+    for name in ("_global_warnings", "_global_deprecations"):
+        store = getattr(module_warnings, name, None)
+        if store is not None:
+            store.clear()
+    yield
+
+
 @pytest.fixture
 def local_registry(tmp_path_factory):
     """A TLS + htpasswd ``docker-registry serve`` on 127.0.0.1 (attributes: host, ca_path, cert_dir,

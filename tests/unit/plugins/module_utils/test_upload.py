@@ -25,6 +25,7 @@ from ansible_collections.airgap.microshift.plugins.module_utils._upload import (
     load_images,
     mapping_document,
     plan_repositories,
+    PushScheduler,
     run_parallel,
     run_scheduled,
     select_images,
@@ -350,8 +351,51 @@ def test_run_scheduled_never_runs_two_pushes_of_one_new_blob_together():
     assert run_scheduled(images, 3, work) == []
     assert overlaps == []
     assert sorted(order) == sorted(i.source for i in images)
-    assert order[0] == "quay.io/x/i0:1"  # list order wins when nothing conflicts
+    # a push of a blob other pushes wait for goes first: the smallest such (i2: c, also in i5)
+    assert order[0] == "quay.io/x/i2:1"
     assert max_running[0] >= 2
+
+
+def test_push_scheduler_sends_shared_blobs_first_smallest_image_first():
+    MB = 1000000
+    needs = {
+        "big-on-base": {"base": 200 * MB, "big": 90 * MB},
+        "small-on-base": {"base": 200 * MB, "small": 1 * MB},
+        "mid-on-base": {"base": 200 * MB, "mid": 20 * MB, "m1": 5 * MB},
+        "mid-too": {"mid": 20 * MB, "m2": 5 * MB},
+        "alone-large": {"x": 50 * MB},
+        "alone-small": {"y": 2 * MB},
+    }
+    scheduler = PushScheduler(needs)
+    order = []
+    while True:
+        name = scheduler.next_ready()
+        if name is None:
+            break
+        scheduler.start(name)
+        order.append(name)
+    # most bytes that others wait for first (base and mid), then, as nothing else can go while
+    # they are sent, the images that share nothing, largest first
+    assert order == ["mid-on-base", "alone-large", "alone-small"]
+    scheduler.finish("mid-on-base")
+    # base and mid are there: nothing is shared any more, the largest goes first
+    assert scheduler.missing("mid-too") == {"m2": 5 * MB}
+    assert scheduler.next_ready() == "big-on-base"
+    scheduler.start("big-on-base")
+    assert scheduler.next_ready() == "mid-too"
+    scheduler.start("mid-too")
+    assert scheduler.next_ready() == "small-on-base"
+    scheduler.finish("big-on-base", success=False)
+    # a failed push leaves its blobs missing
+    assert scheduler.missing("big-on-base") == {"big": 90 * MB}
+
+
+def test_push_scheduler_starts_from_what_the_registry_has():
+    scheduler = PushScheduler({"a": {"base": 5, "a": 1}, "b": {"base": 5, "b": 1}}, present={"base"})
+    first = scheduler.next_ready()
+    scheduler.start(first)
+    # the base is there already: both can run at once
+    assert scheduler.next_ready() == ({"a", "b"} - {first}).pop()
 
 
 def test_run_scheduled_failed_push_releases_its_blobs_and_stop_halts():

@@ -1,0 +1,218 @@
+# Copyright: airgap.microshift contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Read manifests from a registry over HTTPS, many per connection, for the checks of an upload.
+
+Checking that a mirror serves a manifest is one small GET; running one ``skopeo inspect`` per
+manifest costs a process, a TLS handshake and a login each, which is most of a rerun's time.
+:class:`ManifestReader` keeps one HTTPS connection per thread and answers :meth:`~ManifestReader.served`
+with ``True`` (the registry returned exactly those bytes), ``False`` (it does not have them) or
+``None`` when it cannot tell for sure: anything it does not handle (a proxy, a bearer-token
+login, a credential helper, a certificate it cannot verify, an unexpected status) makes it step
+aside for good, and the caller asks skopeo instead, which then gives the error its full message.
+
+Credentials come from a containers auth file (containers-auth.json(5): ``auths`` entries with a
+base64 ``user:password`` ``auth``), looked up the way containers/image does for a repository: the
+most specific ``host/path`` key first, then ``host``. Certificates: the system trust store, and
+the ``*.crt`` (CAs) and ``*.cert``/``*.key`` (client) files of ``cert_dir``, or when none is given
+of ``/etc/containers/certs.d/<host>`` and ``/etc/docker/certs.d/<host>``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import json
+import os
+import ssl
+import threading
+
+MANIFEST_ACCEPT = ", ".join([
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+])
+CERT_DIRS = ("/etc/containers/certs.d", "/etc/docker/certs.d")
+_PROXY_VARIABLES = ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
+
+
+class CannotTell(Exception):
+    """The reader cannot answer for sure; skopeo must."""
+
+
+def _normalized_key(key):
+    key = key.strip()
+    for prefix in ("https://", "http://"):
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    return key.rstrip("/")
+
+
+def credentials_for(auths, registry, repository):
+    """``(user, password)`` of the most specific entry of an ``auths`` map for ``registry/repository``.
+
+    ``None`` when no entry matches. Raises :class:`CannotTell` for an entry without a usable
+    ``auth`` (an identity token, or a malformed value).
+    """
+    entries = {}
+    for key, value in (auths or {}).items():
+        entries[_normalized_key(key)] = value
+    parts = repository.split("/")
+    candidates = ["%s/%s" % (registry, "/".join(parts[:n])) for n in range(len(parts), 0, -1)] + [registry]
+    for candidate in candidates:
+        entry = entries.get(candidate)
+        if entry is None:
+            continue
+        if not isinstance(entry, dict) or not entry.get("auth") or entry.get("identitytoken"):
+            raise CannotTell("the auth file entry %s holds no user and password" % candidate)
+        try:
+            user, sep, password = base64.b64decode(entry["auth"]).decode("utf-8").partition(":")
+        except (ValueError, UnicodeDecodeError):
+            raise CannotTell("the auth file entry %s is not base64 user:password" % candidate)
+        if not sep:
+            raise CannotTell("the auth file entry %s is not base64 user:password" % candidate)
+        return user, password
+    return None
+
+
+def tls_context(registry, tls_verify=True, cert_dir=None):
+    """An SSL context trusting the system store plus the registry's certificate directory."""
+    if not tls_verify:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    context = ssl.create_default_context()
+    directories = [cert_dir] if cert_dir else [os.path.join(base, registry) for base in CERT_DIRS]
+    for directory in directories:
+        if not os.path.isdir(directory):
+            continue
+        for name in sorted(os.listdir(directory)):
+            path = os.path.join(directory, name)
+            if name.endswith(".crt"):
+                context.load_verify_locations(cafile=path)
+            elif name.endswith(".cert"):
+                key = path[:-len(".cert")] + ".key"
+                if os.path.isfile(key):
+                    context.load_cert_chain(path, key)
+    return context
+
+
+class ManifestReader(object):
+    """GETs manifests by digest from one registry (``host[:port]``), thread safe.
+
+    ``authfile`` None means anonymous access (a registry that asks for a login then makes the
+    reader step aside). After the first :class:`CannotTell` every call raises it at once.
+    """
+
+    def __init__(self, registry, authfile=None, tls_verify=True, cert_dir=None, timeout=30.0):
+        self.registry = registry
+        self.timeout = timeout
+        self._local = threading.local()
+        self._disabled = None
+        self._basic = False
+        self._auths = {}
+        self._context = None
+        self._init_error = None
+        try:
+            if any(os.environ.get(name) for name in _PROXY_VARIABLES):
+                raise CannotTell("an HTTPS proxy is configured")
+            if authfile:
+                with open(authfile, "rb") as handle:
+                    document = json.loads(handle.read().decode("utf-8"))
+                if not isinstance(document, dict) or not isinstance(document.get("auths", {}), dict):
+                    raise CannotTell("the auth file %s has no auths map" % authfile)
+                if document.get("credHelpers") or document.get("credsStore"):
+                    raise CannotTell("the auth file %s uses a credential helper" % authfile)
+                self._auths = document.get("auths") or {}
+            self._context = tls_context(registry, tls_verify, cert_dir)
+        except (OSError, ValueError, ssl.SSLError, CannotTell) as exc:
+            self._disabled = str(exc)
+
+    @property
+    def disabled(self):
+        """Why the reader stepped aside, or None while it works."""
+        return self._disabled
+
+    def _disable(self, why):
+        self._disabled = why
+        raise CannotTell(why)
+
+    def _connection(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            host, dummy, port = self.registry.partition(":")
+            conn = http.client.HTTPSConnection(host, int(port) if port else 443, timeout=self.timeout, context=self._context)
+            self._local.conn = conn
+        return conn
+
+    def _request(self, path, headers):
+        """``(status, headers, body)``; one reconnect when a kept-alive connection was closed."""
+        for attempt in (1, 2):
+            conn = self._connection()
+            try:
+                conn.request("GET", path, headers=headers)
+                response = conn.getresponse()
+                body = response.read()
+                if (response.getheader("Connection") or "").lower() == "close":
+                    conn.close()
+                    self._local.conn = None
+                return response.status, response, body
+            except (http.client.HTTPException, OSError) as exc:
+                conn.close()
+                self._local.conn = None
+                if attempt == 2 or isinstance(exc, ssl.SSLError):
+                    self._disable("cannot reach %s over HTTPS (%s)" % (self.registry, exc))
+        return None  # not reached
+
+    def _authorization(self, repository, response):
+        challenge = response.getheader("WWW-Authenticate") or ""
+        if not challenge.lower().startswith("basic"):
+            self._disable("%s asks for a login this reader does not do (%s)" % (self.registry, challenge.split(" ", 1)[0] or "none"))
+        return self._basic_header(repository)
+
+    def _basic_header(self, repository):
+        try:
+            creds = credentials_for(self._auths, self.registry, repository)
+        except CannotTell as exc:
+            self._disable(str(exc))
+        if creds is None:
+            self._disable("no credentials for %s in the auth file" % self.registry)
+        return "Basic " + base64.b64encode(("%s:%s" % creds).encode("utf-8")).decode("ascii")
+
+    def manifest(self, repository, digest):
+        """The bytes the registry serves for ``repository@digest``, or None when it has none (404)."""
+        if self._disabled:
+            raise CannotTell(self._disabled)
+        path = "/v2/%s/manifests/%s" % (repository, digest)
+        headers = {"Accept": MANIFEST_ACCEPT}
+        if self._basic:
+            # the registry asked for a login once: send it with every request
+            headers["Authorization"] = self._basic_header(repository)
+        status, response, body = self._request(path, headers)
+        if status == 401 and "Authorization" not in headers:
+            headers["Authorization"] = self._authorization(repository, response)
+            self._basic = True
+            status, response, body = self._request(path, headers)
+        if status == 200:
+            return body
+        if status == 404:
+            return None
+        self._disable("%s answered HTTP %d for %s@%s" % (self.registry, status, repository, digest))
+        return None  # not reached
+
+    def served(self, repository, digest):
+        """True when ``repository@digest`` is served with bytes of that digest, False when it is absent.
+
+        Raises :class:`CannotTell` otherwise (including bytes of another digest: skopeo, asked
+        next, words that failure).
+        """
+        body = self.manifest(repository, digest)
+        if body is None:
+            return False
+        if "sha256:" + hashlib.sha256(body).hexdigest() != digest:
+            self._disable("%s served bytes of another digest for %s@%s" % (self.registry, repository, digest))
+        return True
