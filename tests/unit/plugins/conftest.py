@@ -22,7 +22,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import ssl
 import subprocess
 import tarfile
@@ -31,6 +30,8 @@ import urllib.error
 import urllib.request
 
 import pytest
+
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers import die_with_parent, free_port, make_server_cert, make_test_ca
 
 SKOPEO = shutil.which("skopeo")
 REGISTRY_BIN = shutil.which("docker-registry") or shutil.which("registry")
@@ -46,29 +47,6 @@ ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, "application/vnd.docker.distributio
                     "application/vnd.docker.distribution.manifest.v2+json"])
 
 
-def _free_port():
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-    finally:
-        sock.close()
-
-
-def _die_with_parent():
-    """Ask Linux to SIGTERM the registry when the process that started it ends.
-
-    ansible-test runs each test in a fork that leaves with ``os._exit``, skipping fixture
-    finalizers of wider scopes; this makes sure no registry outlives its test process.
-    """
-    try:
-        import ctypes
-        import signal
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def _run(argv, **kwargs):
     return subprocess.run(argv, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
@@ -80,7 +58,7 @@ class LocalRegistry(object):
         self.work = work
         self.username = username
         self.password = password
-        self.port = _free_port()
+        self.port = free_port()
         self.host = "127.0.0.1:%d" % self.port
         self.cert_dir = os.path.join(work, "certs.d")
         self.ca_path = os.path.join(self.cert_dir, "ca.crt")
@@ -95,18 +73,9 @@ class LocalRegistry(object):
         pki = os.path.join(self.work, "pki")
         os.makedirs(pki)
         os.makedirs(self.cert_dir)
-        ca_key, ca_crt = os.path.join(pki, "ca.key"), os.path.join(pki, "ca.crt")
-        _run([OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca_crt,
-              "-days", "2", "-subj", "/CN=airgap test CA", "-addext", "basicConstraints=critical,CA:TRUE",
-              "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
-        key, csr, crt = (os.path.join(pki, name) for name in ("server.key", "server.csr", "server.crt"))
-        ext = os.path.join(pki, "server.ext")
-        with open(ext, "w") as handle:
-            handle.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
-        _run([OPENSSL, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"])
-        _run([OPENSSL, "x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key, "-CAcreateserial",
-              "-out", crt, "-days", "2", "-extfile", ext])
-        shutil.copy(ca_crt, self.ca_path)
+        ca = make_test_ca(pki)
+        key, crt = make_server_cert(pki, ca)
+        shutil.copy(ca[1], self.ca_path)
         return key, crt
 
     def start(self):
@@ -126,7 +95,7 @@ class LocalRegistry(object):
         self.write_authfile(self.authfile, self.password)
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen([REGISTRY_BIN, "serve", config], stdout=self._log, stderr=subprocess.STDOUT,
-                                        preexec_fn=_die_with_parent)
+                                        preexec_fn=die_with_parent)
         deadline = time.monotonic() + 30
         while True:
             if self.process.poll() is not None:

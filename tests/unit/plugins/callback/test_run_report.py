@@ -37,9 +37,10 @@ PLAYBOOK = """
 """
 
 
-def test_report_written_and_free_of_secrets(tmp_path):
-    playbook = tmp_path / "report-test.yml"
-    playbook.write_text(PLAYBOOK.format(fixtures=FIXTURES))
+def _run_playbook(tmp_path, name, text, **env_extra):
+    """ansible-playbook of ``text`` on localhost with the report on; returns (process, report dir)."""
+    playbook = tmp_path / name
+    playbook.write_text(text)
     report_dir = tmp_path / "reports"
     env = dict(os.environ)
     env.update({
@@ -48,11 +49,17 @@ def test_report_written_and_free_of_secrets(tmp_path):
         "AIRGAP_MICROSHIFT_REPORT_DIR": str(report_dir),
         "ANSIBLE_NOCOLOR": "1",
     })
+    env.update(env_extra)
     proc = subprocess.run(
         [sys.executable, "-m", "ansible.cli.playbook", "-i", "localhost,", "-c", "local",
          "-e", "ansible_python_interpreter=" + sys.executable, str(playbook)],
         env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300, check=False,
     )
+    return proc, report_dir
+
+
+def test_report_written_and_free_of_secrets(tmp_path):
+    proc, report_dir = _run_playbook(tmp_path, "report-test.yml", PLAYBOOK.format(fixtures=FIXTURES))
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Run report:" in proc.stdout
     report = json.loads((report_dir / "latest.json").read_text())
@@ -105,22 +112,8 @@ ASYNC_PLAYBOOK = """
 
 
 def test_a_module_run_with_async_is_recorded_through_async_status(tmp_path):
-    playbook = tmp_path / "async-test.yml"
-    playbook.write_text(ASYNC_PLAYBOOK.format(store=tmp_path / "no-store", hexd="a" * 64))
-    report_dir = tmp_path / "reports"
-    env = dict(os.environ)
-    env.update({
-        "ANSIBLE_COLLECTIONS_PATH": COLLECTIONS_PATH,
-        "ANSIBLE_CALLBACKS_ENABLED": "airgap.microshift.run_report",
-        "AIRGAP_MICROSHIFT_REPORT_DIR": str(report_dir),
-        "ANSIBLE_ASYNC_DIR": str(tmp_path / "async"),
-        "ANSIBLE_NOCOLOR": "1",
-    })
-    proc = subprocess.run(
-        [sys.executable, "-m", "ansible.cli.playbook", "-i", "localhost,", "-c", "local",
-         "-e", "ansible_python_interpreter=" + sys.executable, str(playbook)],
-        env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300, check=False,
-    )
+    proc, report_dir = _run_playbook(tmp_path, "async-test.yml", ASYNC_PLAYBOOK.format(store=tmp_path / "no-store", hexd="a" * 64),
+                                     ANSIBLE_ASYNC_DIR=str(tmp_path / "async"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((report_dir / "latest.json").read_text())
     collected = [r for r in report["results"] if r["task"] == "Collect the store lookup"]

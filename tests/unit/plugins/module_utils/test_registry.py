@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import shutil
-import subprocess
 
 import pytest
 
@@ -21,6 +20,7 @@ from ansible_collections.airgap.microshift.plugins.module_utils._registry import
     credentials_for,
 )
 from ansible_collections.airgap.microshift.plugins.module_utils._upload import Registry
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers import make_test_ca
 
 SKOPEO = shutil.which("skopeo")
 
@@ -81,9 +81,7 @@ def test_steps_aside_for_what_it_does_not_handle(local_registry, pushed, tmp_pat
         # a CA that did not sign the registry's certificate
         cert_dir = str(tmp_path / "certs")
         os.makedirs(cert_dir)
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(tmp_path / "other.key"),
-                        "-out", os.path.join(cert_dir, "ca.crt"), "-days", "1", "-subj", "/CN=another CA"],
-                       check=True, capture_output=True)
+        make_test_ca(cert_dir, "ca", "another CA")
     else:
         monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
     reader = ManifestReader(local_registry.host, authfile, True, cert_dir)

@@ -12,20 +12,14 @@ import shutil
 
 import pytest
 
-from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.airgap.microshift.plugins.modules import image_bundle
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers import run_main
 from ansible_collections.airgap.microshift.tests.unit.plugins.module_utils.test_bundle import build_store, store_files, update_store
 
 
 def run_module(capsys, args, check_mode=False):
-    args = dict(args)
-    if check_mode:
-        args["_ansible_check_mode"] = True
-    with patch_module_args(args):
-        with pytest.raises(SystemExit):
-            image_bundle.main()
-    return json.loads(capsys.readouterr().out)
+    return run_main(image_bundle, capsys, args, check_mode)[0]
 
 
 @pytest.fixture

@@ -13,27 +13,17 @@ import os
 import shutil
 import subprocess
 
-import pytest
-
-from ansible.module_utils.testing import patch_module_args
-
 from ansible_collections.airgap.microshift.plugins.module_utils import _progress as progress
 from ansible_collections.airgap.microshift.plugins.module_utils import _store as store_mod
 from ansible_collections.airgap.microshift.plugins.modules import image_download
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers import run_main
 
 SKOPEO = shutil.which("skopeo")
 
 
 def run_module(capsys, args, check_mode=False):
     """main() with ``args``; returns (failed, result)."""
-    module_args = dict(args)
-    if check_mode:
-        module_args["_ansible_check_mode"] = True
-    with patch_module_args(module_args):
-        with pytest.raises(SystemExit) as exit_info:
-            image_download.main()
-    result = json.loads(capsys.readouterr().out)
-    assert (exit_info.value.code != 0) == bool(result.get("failed")), result
+    result = run_main(image_download, capsys, args, check_mode)[0]
     return bool(result.get("failed")), result
 
 

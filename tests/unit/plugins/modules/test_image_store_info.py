@@ -6,27 +6,18 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
 
-from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.airgap.microshift.plugins.module_utils import _store as store_mod
 from ansible_collections.airgap.microshift.plugins.modules import image_download, image_store_info
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers import run_main
 
 
 def _run(module, capsys, args, check_mode=False):
-    module_args = dict(args)
-    if check_mode:
-        module_args["_ansible_check_mode"] = True
-    with patch_module_args(module_args):
-        with pytest.raises(SystemExit) as exit_info:
-            module.main()
-    result = json.loads(capsys.readouterr().out)
-    assert (exit_info.value.code != 0) == bool(result.get("failed")), result
-    return result
+    return run_main(module, capsys, args, check_mode)[0]
 
 
 @pytest.fixture

@@ -24,7 +24,6 @@ import random
 import re
 import shutil
 import socket
-import signal
 import subprocess
 import sys
 import tarfile
@@ -32,9 +31,15 @@ import time
 
 import pytest
 
-from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.airgap.microshift.plugins.modules import image_upload
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers import (
+    die_with_parent,
+    free_port,
+    make_server_cert,
+    make_test_ca,
+    run_main,
+)
 
 SKOPEO = shutil.which("skopeo")
 REGISTRY = shutil.which("docker-registry") or shutil.which("registry")
@@ -54,15 +59,6 @@ TIMESTAMP_TAG = re.compile(r"^mirror-[0-9]{12}-[0-9]+$")
 
 
 # --------------------------------------------------------------------------- registries
-
-def _free_port():
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-    finally:
-        sock.close()
-
 
 def _wait_listening(port, process, log_path):
     for dummy in range(200):
@@ -84,19 +80,6 @@ def _run(args, **kwargs):
     return result.stdout
 
 
-def _die_with_parent():
-    """SIGTERM the registry when the process that started it ends.
-
-    ansible-test runs each test in a fork that leaves with ``os._exit``, skipping the finalizers
-    of module-scoped fixtures; without this a registry would outlive its test process.
-    """
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 class UploadRegistries:
     """A TLS + htpasswd mirror and a plain HTTP source registry on loopback."""
 
@@ -111,20 +94,13 @@ class UploadRegistries:
         pki = os.path.join(self.base, "pki")
         os.makedirs(pki)
         os.makedirs(self.cert_dir)
-        _run([OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", os.path.join(pki, "ca.key"),
-              "-out", os.path.join(pki, "ca.crt"), "-days", "2", "-subj", "/CN=upload test CA"])
-        _run([OPENSSL, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", os.path.join(pki, "server.key"),
-              "-out", os.path.join(pki, "server.csr"), "-subj", "/CN=127.0.0.1"])
-        with open(os.path.join(pki, "ext.cnf"), "w") as handle:
-            handle.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-        _run([OPENSSL, "x509", "-req", "-in", os.path.join(pki, "server.csr"), "-CA", os.path.join(pki, "ca.crt"),
-              "-CAkey", os.path.join(pki, "ca.key"), "-CAcreateserial", "-out", os.path.join(pki, "server.crt"),
-              "-days", "2", "-extfile", os.path.join(pki, "ext.cnf")])
+        ca = make_test_ca(pki, cn="upload test CA")
+        make_server_cert(pki, ca)
         shutil.copy(os.path.join(pki, "ca.crt"), os.path.join(self.cert_dir, "ca.crt"))
         with open(os.path.join(pki, "htpasswd"), "w") as handle:
             handle.write(_run([HTPASSWD, "-Bbn", "mirroruser", "mirrorpass"]))
 
-        mirror_port = _free_port()
+        mirror_port = free_port()
         self.mirror = "127.0.0.1:%d" % mirror_port
         self.mirror_log = os.path.join(self.base, "mirror.log")
         self.mirror_data = os.path.join(self.base, "mirror-data")
@@ -137,7 +113,7 @@ class UploadRegistries:
             "    realm: upload-test",
             "    path: %s" % os.path.join(pki, "htpasswd"),
         ])
-        source_port = _free_port()
+        source_port = free_port()
         self.source = "127.0.0.1:%d" % source_port
         self._serve("source", source_port, os.path.join(self.base, "source.log"), os.path.join(self.base, "source-data"), [])
 
@@ -163,7 +139,7 @@ class UploadRegistries:
                 "  secret: upload-test-%s" % name,
             ] + extra) + "\n")
         log = open(log_path, "w")
-        process = subprocess.Popen([REGISTRY, "serve", config], stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        process = subprocess.Popen([REGISTRY, "serve", config], stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         log.close()
         self.processes.append(process)
         _wait_listening(port, process, log_path)
@@ -374,14 +350,7 @@ def _small_set(registries, tmp_path, prefix):
 
 def run_module(capsys, args, check_mode=False):
     """main() with ``args``; returns (failed, result)."""
-    module_args = dict(args)
-    if check_mode:
-        module_args["_ansible_check_mode"] = True
-    with patch_module_args(module_args):
-        with pytest.raises(SystemExit) as exit_info:
-            image_upload.main()
-    result = json.loads(capsys.readouterr().out)
-    assert (exit_info.value.code != 0) == bool(result.get("failed")), result
+    result = run_main(image_upload, capsys, args, check_mode)[0]
     return bool(result.get("failed")), result
 
 

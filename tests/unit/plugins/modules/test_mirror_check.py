@@ -29,10 +29,16 @@ import time
 
 import pytest
 
-from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.airgap.microshift.plugins.module_utils._registries_conf import checked_render, mirror_config
 from ansible_collections.airgap.microshift.plugins.modules import mirror_check
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers import (
+    die_with_parent,
+    make_server_cert,
+    make_test_ca,
+    run_main,
+    warning_texts,
+)
 
 SKOPEO = shutil.which("skopeo")
 REGISTRY = shutil.which("docker-registry") or shutil.which("registry")
@@ -96,19 +102,6 @@ def make_oci_layout(layout, name, text):
     return manifest_desc["digest"]
 
 
-def _die_with_parent():
-    """SIGTERM this child when the process that started it ends.
-
-    ansible-test runs each test in a fork that leaves with ``os._exit``, skipping the finalizers of
-    module-scoped fixtures; without this the registry and the namespace holder would outlive it.
-    """
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 class Mirror:
     """A TLS + htpasswd registry on 127.0.0.1:PORT of a private network namespace."""
 
@@ -125,16 +118,9 @@ class Mirror:
         self.wrong_cert_dir = os.path.join(self.base, "wrong-certs")
         os.makedirs(self.cert_dir)
         os.makedirs(self.wrong_cert_dir)
-        for name in ("ca", "wrong-ca"):
-            _run([OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", os.path.join(pki, name + ".key"),
-                  "-out", os.path.join(pki, name + ".crt"), "-days", "2", "-subj", "/CN=mirror_check %s" % name])
-        _run([OPENSSL, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", os.path.join(pki, "server.key"),
-              "-out", os.path.join(pki, "server.csr"), "-subj", "/CN=127.0.0.1"])
-        with open(os.path.join(pki, "ext.cnf"), "w") as handle:
-            handle.write("subjectAltName=IP:127.0.0.1\n")
-        _run([OPENSSL, "x509", "-req", "-in", os.path.join(pki, "server.csr"), "-CA", os.path.join(pki, "ca.crt"),
-              "-CAkey", os.path.join(pki, "ca.key"), "-CAcreateserial", "-out", os.path.join(pki, "server.crt"),
-              "-days", "2", "-extfile", os.path.join(pki, "ext.cnf")])
+        ca = make_test_ca(pki, "ca", "mirror_check ca")
+        make_test_ca(pki, "wrong-ca", "mirror_check wrong-ca")
+        make_server_cert(pki, ca, san="IP:127.0.0.1")
         shutil.copy(os.path.join(pki, "ca.crt"), os.path.join(self.cert_dir, "ca.crt"))
         shutil.copy(os.path.join(pki, "wrong-ca.crt"), os.path.join(self.wrong_cert_dir, "ca.crt"))
         with open(os.path.join(pki, "htpasswd"), "w") as handle:
@@ -145,7 +131,7 @@ class Mirror:
 
         # A process that holds the namespace, with its loopback up.
         self.holder = subprocess.Popen([UNSHARE, "--net", "--", "sh", "-c", "ip link set lo up && exec sleep 3600"],
-                                       preexec_fn=_die_with_parent)
+                                       preexec_fn=die_with_parent)
         self.netns = "/proc/%d/ns/net" % self.holder.pid
         for dummy in range(100):
             if os.readlink(self.netns) != os.readlink("/proc/self/ns/net"):
@@ -179,7 +165,7 @@ class Mirror:
         self.log_path = os.path.join(self.base, "registry.log")
         log = open(self.log_path, "w")
         self.registry = subprocess.Popen([NSENTER, "--net=%s" % self.netns, "--", REGISTRY, "serve", config],
-                                         stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                                         stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         log.close()
         for dummy in range(200):
             if self.registry.poll() is not None:
@@ -240,13 +226,7 @@ def _registries_conf(base, name, location, digest_only):
 
 
 def run_module(capsys, args, check_mode=False):
-    args = dict(args)
-    if check_mode:
-        args["_ansible_check_mode"] = True
-    with patch_module_args(args):
-        with pytest.raises(SystemExit):
-            mirror_check.main()
-    return json.loads(capsys.readouterr().out)
+    return run_main(mirror_check, capsys, args, check_mode)[0]
 
 
 def base_args(mirror, **extra):
@@ -254,10 +234,6 @@ def base_args(mirror, **extra):
             "skopeo_path": mirror.skopeo, "retry_delay": 0.0, "timeout": 60}
     args.update(extra)
     return args
-
-
-def warning_texts(result):
-    return [w if isinstance(w, str) else json.dumps(w) for w in result.get("warnings", [])]
 
 
 APP = "quay.io/openshift-release-dev/app"

@@ -6,34 +6,21 @@
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 
 import pytest
 
-from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.airgap.microshift.plugins.module_utils._registries_conf import check_text
 from ansible_collections.airgap.microshift.plugins.modules import registries_conf
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers import run_main, warning_texts
 
 DIGEST = "sha256:" + "cd" * 32
 
 
 def run_module(capsys, args, check_mode=False, diff=False):
-    args = dict(args)
-    if check_mode:
-        args["_ansible_check_mode"] = True
-    if diff:
-        args["_ansible_diff"] = True
-    with patch_module_args(args):
-        with pytest.raises(SystemExit):
-            registries_conf.main()
-    return json.loads(capsys.readouterr().out)
-
-
-def warning_texts(result):
-    return [w if isinstance(w, str) else json.dumps(w) for w in result.get("warnings", [])]
+    return run_main(registries_conf, capsys, args, check_mode, diff)[0]
 
 
 @pytest.fixture

@@ -13,24 +13,13 @@ import stat
 
 import pytest
 
-from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.airgap.microshift.plugins.modules import registry_auth
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers import run_main
 
 
 def run_module(capsys, args, check_mode=False, diff=False):
-    module_args = dict(args)
-    if check_mode:
-        module_args["_ansible_check_mode"] = True
-    if diff:
-        module_args["_ansible_diff"] = True
-    with patch_module_args(module_args):
-        with pytest.raises(SystemExit) as exit_info:
-            registry_auth.main()
-    out = capsys.readouterr().out
-    result = json.loads(out)
-    assert (exit_info.value.code != 0) == bool(result.get("failed")), result
-    return result, out
+    return run_main(registry_auth, capsys, args, check_mode, diff)
 
 
 def _auth(user, password):

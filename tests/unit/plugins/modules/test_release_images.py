@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import stat
@@ -14,9 +13,9 @@ import subprocess
 
 import pytest
 
-from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.airgap.microshift.plugins.modules import release_images
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers import run_main, warning_texts
 from ansible_collections.airgap.microshift.tests.unit.plugins.module_utils.test_rpm import LazyRpms, release_files, rpm_root
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "release")
@@ -24,21 +23,7 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "rele
 
 def run_module(capsys, args, check_mode=False, diff=False):
     """Run main() with ``args``; return the result dict it printed."""
-    args = dict(args)
-    if check_mode:
-        args["_ansible_check_mode"] = True
-    if diff:
-        args["_ansible_diff"] = True
-    with patch_module_args(args):
-        with pytest.raises(SystemExit):
-            release_images.main()
-    out = capsys.readouterr().out
-    return json.loads(out)
-
-
-def warning_texts(result):
-    """The warnings' texts: plain strings, or structured events in newer ansible-core."""
-    return [w if isinstance(w, str) else json.dumps(w) for w in result.get("warnings", [])]
+    return run_main(release_images, capsys, args, check_mode, diff)[0]
 
 
 def jq_images(*paths):
