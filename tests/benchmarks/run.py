@@ -384,7 +384,9 @@ class Bench:
         self.results = {}
         self.mirror_proxy = None
         self.bw = wanproxy.parse_bandwidth(args.bandwidth)
-        self.mirror_bw = wanproxy.parse_bandwidth(args.mirror_bandwidth)
+        # Each upload runs once per mirror link setting: the first one is the upload of record.
+        self.mirror_bws = [wanproxy.parse_bandwidth(bw) for bw in args.mirror_bandwidths]
+        self.mirror_bw = self.mirror_bws[0]
         self.refs_file = os.path.join(work, "refs.txt")
         with open(self.refs_file, "w", encoding="utf-8") as f:
             f.write("\n".join(plan["refs"]) + "\n")
@@ -526,14 +528,18 @@ class Bench:
         fig["store_apparent_vs_unique"] = round(fig["store_apparent_bytes"] / unique, 4)
         fig["store_disk_vs_unique"] = round(fig["store_disk_bytes"] / unique, 4)
 
-    def upload(self, mode, source):
+    def set_mirror_bandwidth(self, bandwidth):
+        wanproxy.control(self.mirror_control, {"cmd": "set", "settings": {"bandwidth": bandwidth}})
+        self.mirror_bw = bandwidth
+
+    def upload(self, mode, source, suffix=""):
         self.clear_blob_info_caches()
         wanproxy.control(self.mirror_control, {"cmd": "reset_counters"})
         reg_pid = self.state["processes"]["registry-mirror"]
         reset_hwm(reg_pid)
         log_path = self.state["mirror"]["log"]
         offset = os.path.getsize(log_path)
-        namespace = "bench-" + mode
+        namespace = "bench-" + mode + suffix
         target = "%s/%s" % (self.state["mirror"]["hostport"], namespace)
         auth = self.state["mirror"]["auth_file"]
         log("%s: upload to %s" % (mode, target))
@@ -547,7 +553,7 @@ class Bench:
                                                                 source, target, auth, str(self.args.jobs)]),
                                self.log_path, self.env, self.args.timeout)
         else:
-            fig = self.ansible("upload.yml", self.ours_vars(namespace), "upload")
+            fig = self.ansible("upload.yml", self.ours_vars(namespace), "upload" + suffix)
         fig["timeline"] = timeline.stop()
         time.sleep(0.3)  # the registry writes its access log line after the response
         fig["mirror"] = self.mirror_total()
@@ -556,6 +562,7 @@ class Bench:
         unique = self.plan["unique_bytes"]
         fig["sent_vs_unique"] = round(fig["mirror"]["bytes_up"] / unique, 4)
         fig["blob_bytes_vs_unique"] = round(fig["registry_log"]["blob_bytes_uploaded"] / unique, 4)
+        fig["mirror_bandwidth_bytes_per_s"] = self.mirror_bw
         fig["floor_s"] = round(unique / self.mirror_bw, 3) if self.mirror_bw else None
         fig["vs_floor"] = round(fig["wall_s"] / fig["floor_s"], 3) if fig["floor_s"] else None
         log("%s: upload %.1fs rc=%s sent %.1f MB, %d blob uploads (max %d per blob), %d mounts" % (
@@ -601,8 +608,13 @@ class Bench:
                     log("%s: download failed (rc=%s), see %s" % (mode, res["download"]["rc"], self.work))
                     continue
             if "upload" in parts or (mode == "ours" and "noop" in parts):
-                res["upload"] = self.upload(mode, res["download"]["result_dir"])
-                subprocess.run(["sync"], check=False)
+                for index, bandwidth in enumerate(self.mirror_bws):
+                    self.set_mirror_bandwidth(bandwidth)
+                    key = "upload" if index == 0 else upload_key(bandwidth)
+                    suffix = "" if index == 0 else "-" + key.split("@", 1)[1]
+                    res[key] = self.upload(mode, res["download"]["result_dir"], suffix)
+                    subprocess.run(["sync"], check=False)
+                self.set_mirror_bandwidth(self.mirror_bws[0])
             if mode != "ours":
                 # The dir: trees are many times the release: drop them before the next mode.
                 shutil.rmtree(os.path.join(self.transfer, mode), ignore_errors=True)
@@ -612,6 +624,11 @@ class Bench:
         if "bundle" in parts:
             self.results["bundle"] = self.bundle()
         return self.results
+
+
+def upload_key(bandwidth):
+    """``upload@<bits per second>`` (``upload@uncapped``): the result key of an extra upload."""
+    return "upload@%s" % ("%dmbit" % (bandwidth * 8 // 1000000) if bandwidth else "uncapped")
 
 
 def summarize_ansible(path):
@@ -732,6 +749,16 @@ def table(report):
         lines.append("  ".join(str(c).ljust(widths[j]) if j == 0 else str(c).rjust(widths[j]) for j, c in enumerate(row)))
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
+    extra = [(mode, key, res[mode][key]) for mode in MODES for key in sorted(res.get(mode, {})) if key.startswith("upload@")]
+    if extra:
+        lines.append("")
+        lines.append("uploads with another mirror link (the table above: mirror link %s):" % p["mirror_bandwidth"].split(",")[0])
+        for mode, key, u in extra:
+            lines.append("  %-22s %-16s %s s%s, sent %s MB (%s unique), max %s upload(s) per blob%s" % (
+                MODE_LABELS[mode], key[len("upload@"):], _s(u.get("wall_s")), "" if u.get("rc") == 0 else " FAIL",
+                _mb(u.get("mirror", {}).get("bytes_up")), _x(u.get("sent_vs_unique")),
+                u.get("registry_log", {}).get("max_uploads_per_blob", "-"),
+                ", %s the floor" % _x(u.get("vs_floor")) if u.get("vs_floor") else ""))
     noop = res.get("ours", {}).get("noop")
     if noop:
         lines.append("no-op rerun (ours, download + upload, ansible-playbook end to end): %.2fs, changed=%s, %d bytes from the registries"
@@ -759,7 +786,9 @@ def parse_args(argv=None):
     parser.add_argument("--version", default="5.0", help="release shape (default: 5.0, 57 refs)")
     parser.add_argument("--bandwidth", help="WAN bandwidth, e.g. 200mbit (default per size: 200mbit)")
     parser.add_argument("--latency", help="WAN added round-trip time, e.g. 20ms (default: 20ms)")
-    parser.add_argument("--mirror-bandwidth", default="0", help="cap of the bastion -> mirror link (default 0: no cap, counted only)")
+    parser.add_argument("--mirror-bandwidth", default="0",
+                        help="cap of the bastion -> mirror link; a comma list uploads once per value, the first being "
+                             "the upload of record (default 0: no cap, counted only)")
     parser.add_argument("--only", default="download,upload,noop,bundle",
                         help="comma list of parts: download, upload, noop, bundle (default: all)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma list of: manual, parallel, ours (default: all)")
@@ -777,6 +806,7 @@ def parse_args(argv=None):
     args.limit = limit if args.limit is None else args.limit
     args.timeout = args.timeout or timeout
     args.parts = {p.strip() for p in args.only.split(",") if p.strip()}
+    args.mirror_bandwidths = [bw.strip() for bw in args.mirror_bandwidth.split(",") if bw.strip()] or ["0"]
     args.mode_list = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = (args.parts - set(PARTS)) or (set(args.mode_list) - set(MODES))
     if bad:
