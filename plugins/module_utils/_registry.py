@@ -8,9 +8,14 @@ Checking that a mirror serves a manifest is one small GET; running one ``skopeo 
 manifest costs a process, a TLS handshake and a login each, which is most of a rerun's time.
 :class:`ManifestReader` keeps one HTTPS connection per thread and answers :meth:`~ManifestReader.served`
 with ``True`` (the registry returned exactly those bytes), ``False`` (it does not have them) or
-``None`` when it cannot tell for sure: anything it does not handle (a proxy, a bearer-token
-login, a credential helper, a certificate it cannot verify, an unexpected status) makes it step
+``None`` when it cannot tell for sure: anything it does not handle (a proxy, a credential
+helper, a certificate it cannot verify, a login refused, an unexpected status) makes it step
 aside for good, and the caller asks skopeo instead, which then gives the error its full message.
+
+Logins: HTTP Basic, and bearer tokens (the distribution token protocol that Quay, Harbor and
+the distribution registry's token mode speak): the token realm is asked, with the auth file's
+user and password when there are some, for a ``repository:<name>:pull`` token, which is kept
+per repository until shortly before it expires.
 
 Credentials come from a containers auth file (containers-auth.json(5): ``auths`` entries with a
 base64 ``user:password`` ``auth``), looked up the way containers/image does for a repository: the
@@ -26,8 +31,11 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import ssl
 import threading
+import time
+import urllib.parse
 
 MANIFEST_ACCEPT = ", ".join([
     "application/vnd.oci.image.index.v1+json",
@@ -37,6 +45,7 @@ MANIFEST_ACCEPT = ", ".join([
 ])
 CERT_DIRS = ("/etc/containers/certs.d", "/etc/docker/certs.d")
 _PROXY_VARIABLES = ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
+_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
 
 class CannotTell(Exception):
@@ -113,7 +122,9 @@ class ManifestReader(object):
         self.timeout = timeout
         self._local = threading.local()
         self._disabled = None
-        self._basic = False
+        self._scheme = None             # None, "basic", or the Bearer challenge to answer
+        self._tokens = {}               # repository -> (Authorization header, expiry on the monotonic clock)
+        self._tokens_lock = threading.Lock()
         self._auths = {}
         self._context = None
         self._init_error = None
@@ -168,20 +179,73 @@ class ManifestReader(object):
                     self._disable("cannot reach %s over HTTPS (%s)" % (self.registry, exc))
         return None  # not reached
 
-    def _authorization(self, repository, response):
-        challenge = response.getheader("WWW-Authenticate") or ""
-        if not challenge.lower().startswith("basic"):
-            self._disable("%s asks for a login this reader does not do (%s)" % (self.registry, challenge.split(" ", 1)[0] or "none"))
-        return self._basic_header(repository)
-
-    def _basic_header(self, repository):
+    def _basic_header(self, repository, required=True):
         try:
             creds = credentials_for(self._auths, self.registry, repository)
         except CannotTell as exc:
             self._disable(str(exc))
         if creds is None:
-            self._disable("no credentials for %s in the auth file" % self.registry)
+            if required:
+                self._disable("no credentials for %s in the auth file" % self.registry)
+            return None
         return "Basic " + base64.b64encode(("%s:%s" % creds).encode("utf-8")).decode("ascii")
+
+    def _bearer_header(self, repository, challenge, stale=None):
+        """A bearer token for pulling ``repository``, from the realm the challenge names (cached)."""
+        with self._tokens_lock:
+            cached = self._tokens.get(repository)
+            if cached and cached[0] != stale and cached[1] > time.monotonic():
+                return cached[0]
+        params = dict((key.lower(), value) for key, value in _CHALLENGE_PARAM.findall(challenge))
+        realm = urllib.parse.urlsplit(params.get("realm", ""))
+        if realm.scheme != "https" or not realm.hostname:
+            self._disable("%s names a token realm that is not https (%r)" % (self.registry, params.get("realm")))
+        query = [("scope", "repository:%s:pull" % repository)]
+        if params.get("service"):
+            query.insert(0, ("service", params["service"]))
+        path = (realm.path or "/") + "?" + "&".join(
+            ([realm.query] if realm.query else []) + ["%s=%s" % (k, urllib.parse.quote(v, safe=":/")) for k, v in query])
+        headers = {}
+        basic = self._basic_header(repository, required=False)
+        if basic:
+            headers["Authorization"] = basic
+        conn = http.client.HTTPSConnection(realm.hostname, realm.port or 443, timeout=self.timeout, context=self._context)
+        try:
+            conn.request("GET", path, headers=headers)
+            response = conn.getresponse()
+            body = response.read()
+        except (http.client.HTTPException, OSError) as exc:
+            self._disable("cannot get a token from %s (%s)" % (params.get("realm"), exc))
+        finally:
+            conn.close()
+        if response.status != 200:
+            self._disable("the token realm %s answered HTTP %d" % (params.get("realm"), response.status))
+        try:
+            document = json.loads(body.decode("utf-8"))
+            token = document.get("token") or document.get("access_token")
+            lifetime = int(document.get("expires_in") or 60)
+        except (ValueError, AttributeError, TypeError):
+            token = None
+        if not token:
+            self._disable("the token realm %s returned no token" % params.get("realm"))
+        header = "Bearer " + token
+        with self._tokens_lock:
+            # renew a little before the registry would refuse it
+            self._tokens[repository] = (header, time.monotonic() + max(5, lifetime - 10))
+        return header
+
+    def _login(self, repository, response, stale=None):
+        """The Authorization header a 401 ``response`` asks for: Basic, or a bearer token."""
+        challenge = response.getheader("WWW-Authenticate") or ""
+        scheme = challenge.split(" ", 1)[0].lower()
+        if scheme == "basic":
+            self._scheme = "basic"
+            return self._basic_header(repository)
+        if scheme == "bearer":
+            self._scheme = challenge
+            return self._bearer_header(repository, challenge, stale)
+        self._disable("%s asks for a login this reader does not do (%s)" % (self.registry, scheme or "none"))
+        return None  # not reached
 
     def manifest(self, repository, digest):
         """The bytes the registry serves for ``repository@digest``, or None when it has none (404)."""
@@ -189,13 +253,15 @@ class ManifestReader(object):
             raise CannotTell(self._disabled)
         path = "/v2/%s/manifests/%s" % (repository, digest)
         headers = {"Accept": MANIFEST_ACCEPT}
-        if self._basic:
-            # the registry asked for a login once: send it with every request
+        # once the registry asked for a login, send one with every request
+        if self._scheme == "basic":
             headers["Authorization"] = self._basic_header(repository)
+        elif self._scheme:
+            headers["Authorization"] = self._bearer_header(repository, self._scheme)
         status, response, body = self._request(path, headers)
-        if status == 401 and "Authorization" not in headers:
-            headers["Authorization"] = self._authorization(repository, response)
-            self._basic = True
+        if status == 401:
+            # no login yet, or an expired token: one more try with a fresh one
+            headers["Authorization"] = self._login(repository, response, stale=headers.get("Authorization"))
             status, response, body = self._request(path, headers)
         if status == 200:
             return body

@@ -27,10 +27,11 @@ description:
     first, the smallest of them first, so the others are unblocked early; images that share nothing
     go largest first, so that no big one ends the run alone.
   - Whether the mirror serves a manifest (before the pushes, and to verify them) is read with plain
-    HTTPS GETs over kept-alive connections, with the credentials of O(authfile) (C(Basic) logins)
-    and the certificates of O(cert_dir); whatever that cannot tell for sure (a token login, a
-    credential helper, a proxy, an untrusted certificate, an unexpected answer) is asked of
-    C(skopeo inspect), which then words the error.
+    HTTPS GETs over kept-alive connections, with the credentials of O(authfile) (C(Basic) logins,
+    or bearer tokens from the registry's token realm, one per repository) and the certificates of
+    O(cert_dir); whatever that cannot tell for sure (a credential helper, a proxy, an untrusted
+    certificate, a refused login, an unexpected answer) is asked of C(skopeo inspect), which then
+    words the error.
   - Network errors, HTTP 429 and 5xx answers are retried with exponential back-off. Authentication,
     permission and certificate errors fail that image at once.
   - After the pushes, checks that the mirror serves every manifest (the top-level one and each

@@ -14,8 +14,10 @@ test so tests do not see each other's pushes.
 from __future__ import annotations
 
 import base64
+import datetime
 import gzip
 import hashlib
+import http.server
 import io
 import json
 import os
@@ -25,8 +27,10 @@ import shutil
 import ssl
 import subprocess
 import tarfile
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -51,11 +55,104 @@ def _run(argv, **kwargs):
     return subprocess.run(argv, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 
-class LocalRegistry(object):
-    """A distribution registry with TLS and htpasswd auth on 127.0.0.1."""
+class TokenServer(object):
+    """The token service of the distribution token protocol (what Quay and Harbor speak), over TLS.
 
-    def __init__(self, work, username="mirror", password="s3cret-Pass"):
+    ``GET /token?service=...&scope=repository:<name>:<actions>`` with the right Basic login gets a
+    JWT (RS256, signed by a key whose self-signed certificate the registry trusts via its
+    ``rootcertbundle``) granting what the scopes ask. ``issued`` counts the tokens given out.
+    """
+
+    SERVICE = "airgap-test-registry"
+    ISSUER = "airgap-test-issuer"
+
+    def __init__(self, work, username, password, tls_cert, tls_key):
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.x509.oid import NameOID
+
+        self.username, self.password = username, password
+        self.issued = 0
+        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "airgap test token signer")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self._key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .sign(self._key, hashes.SHA256()))
+        self._cert_der = cert.public_bytes(serialization.Encoding.DER)
+        self.bundle = os.path.join(work, "token-signer.crt")
+        with open(self.bundle, "wb") as handle:
+            handle.write(cert.public_bytes(serialization.Encoding.PEM))
+        self.port = free_port()
+        self.realm = "https://127.0.0.1:%d/token" % self.port
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_GET(self):  # noqa: N802  (the name http.server calls)
+                url = urllib.parse.urlsplit(self.path)
+                expected = "Basic " + base64.b64encode(("%s:%s" % (server.username, server.password)).encode()).decode()
+                if url.path != "/token" or self.headers.get("Authorization") != expected:
+                    self.send_response(401)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                query = urllib.parse.parse_qs(url.query)
+                body = json.dumps({"token": server.token(query.get("scope", [])), "expires_in": 300}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls_cert, tls_key)
+        self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def token(self, scopes):
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        access = []
+        for scope in scopes:
+            kind, dummy, rest = scope.partition(":")
+            name, dummy, actions = rest.rpartition(":")
+            access.append({"type": kind, "name": name, "actions": [a for a in actions.split(",") if a]})
+        now = int(time.time())
+        claims = {"iss": self.ISSUER, "sub": self.username, "aud": self.SERVICE, "exp": now + 300, "nbf": now - 10,
+                  "iat": now, "jti": base64.b16encode(os.urandom(8)).decode(), "access": access}
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(self._cert_der).decode()]}
+
+        def encode(data):
+            return base64.urlsafe_b64encode(json.dumps(data, separators=(",", ":")).encode()).rstrip(b"=")
+
+        signing_input = encode(header) + b"." + encode(claims)
+        signature = self._key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+        self.issued += 1
+        return (signing_input + b"." + base64.urlsafe_b64encode(signature).rstrip(b"=")).decode()
+
+    def start(self):
+        self._thread.start()
+
+    def stop(self):
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+class LocalRegistry(object):
+    """A distribution registry with TLS on 127.0.0.1, and htpasswd (Basic) or token logins."""
+
+    def __init__(self, work, username="mirror", password="s3cret-Pass", auth="htpasswd"):
         self.work = work
+        self.auth = auth
+        self.token_server = None
         self.username = username
         self.password = password
         self.port = free_port()
@@ -83,6 +180,13 @@ class LocalRegistry(object):
         htpasswd = os.path.join(self.work, "htpasswd")
         with open(htpasswd, "wb") as handle:
             handle.write(_run([HTPASSWD, "-Bbn", self.username, self.password]).stdout)
+        if self.auth == "token":
+            self.token_server = TokenServer(self.work, self.username, self.password, crt, key)
+            self.token_server.start()
+            auth = ("auth:\n  token:\n    realm: %s\n    service: %s\n    issuer: %s\n    rootcertbundle: %s\n"
+                    % (self.token_server.realm, TokenServer.SERVICE, TokenServer.ISSUER, self.token_server.bundle))
+        else:
+            auth = "auth:\n  htpasswd:\n    realm: airgap-test\n    path: %s\n" % htpasswd
         config = os.path.join(self.work, "config.yml")
         with open(config, "w") as handle:
             handle.write(
@@ -90,8 +194,7 @@ class LocalRegistry(object):
                 "log:\n  level: info\n  formatter: json\n  accesslog:\n    disabled: true\n"
                 "storage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\n"
                 "http:\n  addr: %s\n  secret: airgap-test-secret\n  tls:\n    certificate: %s\n    key: %s\n"
-                "auth:\n  htpasswd:\n    realm: airgap-test\n    path: %s\n"
-                % (os.path.join(self.work, "data"), self.host, crt, key, htpasswd))
+                % (os.path.join(self.work, "data"), self.host, crt, key) + auth)
         self.write_authfile(self.authfile, self.password)
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen([REGISTRY_BIN, "serve", config], stdout=self._log, stderr=subprocess.STDOUT,
@@ -118,6 +221,8 @@ class LocalRegistry(object):
                 self.process.wait(10)
         if self._log is not None:
             self._log.close()
+        if self.token_server is not None:
+            self.token_server.stop()
 
     # helpers -------------------------------------------------------------------------
 
@@ -132,7 +237,13 @@ class LocalRegistry(object):
         """``(status, headers, body)`` of an authenticated HTTPS request to the registry."""
         context = ssl.create_default_context(cafile=self.ca_path)
         req = urllib.request.Request("https://%s%s" % (self.host, path), method=method)
-        req.add_header("Authorization", "Basic " + base64.b64encode(("%s:%s" % (self.username, self.password)).encode()).decode())
+        if self.token_server is not None:
+            parts = path.split("/")
+            # /v2/<name>/manifests/<ref>: a token for <name>; /v2/: one with no access
+            scopes = ["repository:%s:pull,push" % "/".join(parts[2:-2])] if len(parts) > 4 else []
+            req.add_header("Authorization", "Bearer " + self.token_server.token(scopes))
+        else:
+            req.add_header("Authorization", "Basic " + base64.b64encode(("%s:%s" % (self.username, self.password)).encode()).decode())
         if accept:
             req.add_header("Accept", accept)
         with urllib.request.urlopen(req, context=context, timeout=10) as resp:
@@ -210,6 +321,23 @@ def _fresh_module_warnings():
     yield
 
 
+def _registry_fixture(tmp_path_factory, auth):
+    if not REGISTRY_TOOLS:
+        pytest.skip("needs skopeo, docker-registry, openssl and htpasswd (the test command installs them)")
+    registry = LocalRegistry(str(tmp_path_factory.mktemp("registry")), auth=auth)
+    try:
+        registry.start()
+        yield registry
+    finally:
+        registry.stop()
+
+
+@pytest.fixture
+def token_registry(tmp_path_factory):
+    """Like ``local_registry``, with token logins (a :class:`TokenServer` realm) instead of htpasswd."""
+    yield from _registry_fixture(tmp_path_factory, "token")
+
+
 @pytest.fixture
 def local_registry(tmp_path_factory):
     """A TLS + htpasswd ``docker-registry serve`` on 127.0.0.1 (attributes: host, ca_path, cert_dir,
@@ -217,14 +345,7 @@ def local_registry(tmp_path_factory):
 
     One registry per test: ansible-test forks every test and never runs the finalizers of
     wider-scoped fixtures, so a session registry would be left running."""
-    if not REGISTRY_TOOLS:
-        pytest.skip("needs skopeo, docker-registry, openssl and htpasswd (the test command installs them)")
-    registry = LocalRegistry(str(tmp_path_factory.mktemp("registry")))
-    try:
-        registry.start()
-        yield registry
-    finally:
-        registry.stop()
+    yield from _registry_fixture(tmp_path_factory, "htpasswd")
 
 
 # ------------------------------------------------------------------------------ images

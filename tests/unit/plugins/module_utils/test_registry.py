@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import shutil
+import time
 
 import pytest
 
@@ -104,3 +105,42 @@ def test_the_upload_check_falls_back_to_skopeo_with_its_message(local_registry, 
     served, message = wrong.served(repository, pushed["digest"])
     assert not served and "authentication failed" in message
     assert wrong.direct_checks == 0
+
+
+@pytest.fixture
+def token_pushed(token_registry, tmp_path):
+    from ansible_collections.airgap.microshift.tests.unit.plugins.conftest import SyntheticImages
+    images = SyntheticImages(token_registry, str(tmp_path / "synthetic"), seed="token-%s" % tmp_path.name)
+    return images.push("app", "tokens/app", ["amd64", "arm64"], [("base-{arch}", 4096), ("app-{arch}", 2048)])
+
+
+def test_bearer_token_logins_are_made_once_per_repository_and_renewed(token_registry, token_pushed):
+    server = token_registry.token_server
+    reader = ManifestReader(token_registry.host, token_registry.authfile, True, token_registry.cert_dir)
+    issued = server.issued
+    index = json.loads(token_registry.manifest("tokens/app", token_pushed["digest"])[0])
+    issued_for_test = server.issued - issued
+    for digest in [token_pushed["digest"]] + [child["digest"] for child in index["manifests"]]:
+        assert reader.served("tokens/app", digest) is True
+    assert reader.served("tokens/app", "sha256:" + "2" * 64) is False
+    assert reader.served("tokens/other", token_pushed["digest"]) is False
+    # one token per repository read, not one per request
+    assert server.issued - issued - issued_for_test == 2
+    assert reader.disabled is None
+    # a token the registry no longer takes is replaced once, then reading goes on
+    with reader._tokens_lock:  # pylint: disable=protected-access
+        reader._tokens["tokens/app"] = ("Bearer not-a-token", time.monotonic() + 600)  # pylint: disable=protected-access
+    before = server.issued
+    assert reader.served("tokens/app", token_pushed["digest"]) is True
+    assert server.issued == before + 1 and reader.disabled is None
+
+
+def test_a_token_realm_that_refuses_the_login_makes_the_reader_step_aside(token_registry, token_pushed, tmp_path):
+    reader = ManifestReader(token_registry.host, token_registry.write_authfile(str(tmp_path / "auth.json"), "wrong"), True,
+                            token_registry.cert_dir)
+    with pytest.raises(CannotTell, match="token realm"):
+        reader.served("tokens/app", token_pushed["digest"])
+    # and the upload's check then asks skopeo, which names the cause
+    registry = Registry(SKOPEO, str(tmp_path / "auth.json"), True, token_registry.cert_dir, retries=0, direct_reads=True)
+    served, message = registry.served("%s/tokens/app" % token_registry.host, token_pushed["digest"])
+    assert not served and "authentication" in message.lower()
