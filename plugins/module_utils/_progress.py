@@ -16,9 +16,11 @@ A module killed before it could write its ``end`` line (SIGKILL, the out-of-memo
 would leave a follower waiting: :meth:`ProgressFile.guard` forks a small watcher that writes
 ``end failed`` for it when the module's process is gone without one.
 
-Each line is written with one ``write`` on a file opened for appending and ends with a
-newline, so a reader never takes a half-written line for a whole one (the regexes require
-the newline). Names and messages never hold tabs or newlines (they are replaced by spaces).
+Each line is written with one ``pwrite`` and ends with a newline, so a reader never takes a
+half-written line for a whole one (the regexes require the newline). The file's space is
+reserved when it is created (NUL bytes follow the text), so a full disk cannot cut it short.
+Names and messages never hold tabs or newlines (they are replaced by spaces) and are shortened
+to fit their reserved space.
 """
 
 from __future__ import annotations
@@ -28,12 +30,21 @@ import threading
 import time
 
 
-def _field(text):
-    return " ".join(str(text if text is not None else "").split())
+NAME_LIMIT = 400          # characters of an item's name kept on its line
+MESSAGE_LIMIT = 3000      # characters of the end message kept on its line
+_ITEM_SPACE = NAME_LIMIT + 100
+_FIXED_SPACE = MESSAGE_LIMIT + 200
+
+
+def _field(text, limit=None):
+    text = " ".join(str(text if text is not None else "").split())
+    if limit is not None and len(text) > limit:
+        text = text[:limit - 3] + "..."
+    return text
 
 
 def item_line(count, status, name, nbytes):
-    return "%d\t%s\t%s\t%d\n" % (count, _field(status), _field(name), int(nbytes or 0))
+    return "%d\t%s\t%s\t%d\n" % (count, _field(status, 40), _field(name, NAME_LIMIT), int(nbytes or 0))
 
 
 def start_line(count, asked):
@@ -41,13 +52,13 @@ def start_line(count, asked):
 
 
 def end_line(ok, message=None):
-    return "end\t%s\t%s\n" % ("ok" if ok else "failed", _field(message))
+    return "end\t%s\t%s\n" % ("ok" if ok else "failed", _field(message, MESSAGE_LIMIT))
 
 
 def parse(text):
     """``(start, items, end)`` of a progress file's text: dicts (start and end None when absent)."""
     start, items, end = None, [], None
-    for line in text.splitlines(True):
+    for line in text.split("\0", 1)[0].splitlines(True):
         if not line.endswith("\n"):
             break
         fields = line.rstrip("\n").split("\t")
@@ -60,23 +71,52 @@ def parse(text):
     return start, items, end
 
 
-class ProgressFile(object):
-    """Writes a progress file (created empty, mode 0644; an older file of that name is replaced)."""
+def _append_end(path, line):
+    """Write ``line`` where the text of the file stops (its first NUL byte, or its end)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        data = b""
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+        offset = data.find(b"\0")
+        os.pwrite(fd, line.encode("utf-8"), len(data) if offset < 0 else offset)
+    finally:
+        os.close(fd)
 
-    def __init__(self, path):
+
+class ProgressFile(object):
+    """Writes a progress file (created empty, mode 0644; an older file of that name is replaced).
+
+    ``items`` is how many item lines may come: their space (and the end line's) is reserved on
+    disk when the file is created, so a disk that fills up meanwhile (the store's, often) never
+    keeps the file from saying how the run ended. Readers stop at the first NUL byte.
+    """
+
+    def __init__(self, path, items=0):
         self.path = path
         self.count = 0
         self.ended = False
         self._lock = threading.Lock()
+        self._offset = 0
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             os.makedirs(directory, 0o750)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
-        self._handle = os.fdopen(fd, "w")
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.posix_fallocate(self._fd, 0, _FIXED_SPACE + max(0, int(items)) * _ITEM_SPACE)
+        except (OSError, AttributeError):
+            pass  # a filesystem without fallocate: the lines are appended as they come
 
     def _write(self, line):
-        self._handle.write(line)
-        self._handle.flush()
+        data = line.encode("utf-8")
+        try:
+            os.pwrite(self._fd, data, self._offset)
+            self._offset += len(data)
+        except OSError:
+            pass  # progress is a courtesy: it never fails the run
 
     def start(self, count, asked):
         with self._lock:
@@ -96,7 +136,7 @@ class ProgressFile(object):
                 return
             self.ended = True
             self._write(end_line(ok, message))
-            self._handle.close()
+            os.close(self._fd)
 
     def guard(self, interval=0.5):
         """Fork a watcher that ends the file for this process if it dies without ending it.
@@ -120,12 +160,10 @@ class ProgressFile(object):
             os.closerange(3, 65536)
             while os.getppid() == parent:
                 time.sleep(interval)
-            with open(self.path, "r") as handle:
-                dummy, dummy2, end = parse(handle.read())
+            with open(self.path, "rb") as handle:
+                dummy, dummy2, end = parse(handle.read().decode("utf-8", "replace"))
             if end is None:
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-                os.write(fd, end_line(False, "the process writing this file ended without a result (killed?)").encode("utf-8"))
-                os.close(fd)
+                _append_end(self.path, end_line(False, "the process writing this file ended without a result (killed?)"))
         except BaseException:  # pylint: disable=broad-except
             pass
         os._exit(0)

@@ -282,7 +282,7 @@ def main():
     progress = None
     if params["progress_file"] and not module.check_mode:
         try:
-            progress = ProgressFile(params["progress_file"])
+            progress = ProgressFile(params["progress_file"], items=len(set(params["images"])))
         except (OSError, IOError) as exc:
             module.fail_json(msg="cannot write progress_file %s: %s" % (params["progress_file"], exc))
         progress.guard()

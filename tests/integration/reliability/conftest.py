@@ -120,10 +120,16 @@ class PlaybookResult:
 # -- the test bed ------------------------------------------------------------------------------
 
 
+# The environment entry every playbook run of the bed carries (set by Bed): it finds their jobs.
+RUN_MARK = None
+
+
 class Bed:
     """The sandbox plus the helpers the reliability tests share."""
 
     def __init__(self, sb, work):
+        global RUN_MARK  # pylint: disable=global-statement
+        RUN_MARK = ("ANSIBLE_LOCAL_TEMP=%s" % os.path.join(work, "ansible-local")).encode()
         self.sb = sb
         self.state = sb.state
         self.work = work
@@ -445,15 +451,35 @@ def descendants(pid):
     return found
 
 
+def detached_jobs():
+    """Pids of the test bed's runs that left the controller's process tree: ``async`` jobs (the
+    download role runs its module in the background), found by the mark in their environment."""
+    if RUN_MARK is None:
+        return []
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open("/proc/%s/environ" % entry, "rb") as handle:
+                if RUN_MARK in handle.read().split(b"\0"):
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
 def kill_group(proc):
-    """A crash of the whole run: freeze, then SIGKILL ``proc``, its process group and every descendant.
+    """A crash of the whole run: freeze, then SIGKILL ``proc``, its process group, every descendant
+    and every background job the run started.
 
     Killing the process group alone is not enough: Ansible's worker processes start their own
-    session, so the module (and skopeo under it) would go on running after the controller died.
+    session, so the module (and skopeo under it) would go on running after the controller died;
+    an ``async`` job is not even below the controller any more.
     """
     pids = set()
     for dummy in range(3):
-        for pid in descendants(proc.pid):
+        for pid in descendants(proc.pid) + [p for job in detached_jobs() for p in descendants(job)]:
             if pid not in pids:
                 pids.add(pid)
                 try:
