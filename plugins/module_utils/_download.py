@@ -27,6 +27,7 @@ import os
 import queue
 
 from ansible_collections.airgap.microshift.plugins.module_utils import _store as store_mod
+from ansible_collections.airgap.microshift.plugins.module_utils import _workers
 from ansible_collections.airgap.microshift.plugins.module_utils._reference import parse_reference
 from ansible_collections.airgap.microshift.plugins.module_utils._skopeo import SkopeoError
 
@@ -285,12 +286,13 @@ def plan_image(ref, skopeo, options):
     parsed = parse_manifest(top.stdout, ref)
     children_raw = {}
     if parsed["kind"] == "index":
-        for child in parsed["children"]:
-            if child["digest"] in children_raw:
-                continue
-            read = skopeo.inspect_raw(pinned_reference(ref, child["digest"]), options.registry)
+        digests = sorted(set(child["digest"] for child in parsed["children"]))
+        # the per-architecture manifests at once: the first copy waits for this image's plan
+        reads = _workers.run_parallel(digests, len(digests),
+                                      lambda digest: skopeo.inspect_raw(pinned_reference(ref, digest), options.registry))
+        for digest, read in zip(digests, reads):
             retries += read.retries
-            children_raw[child["digest"]] = read.stdout
+            children_raw[digest] = read.stdout
     return build_image_plan(ref, top.stdout, children_raw), retries
 
 
