@@ -366,7 +366,16 @@ def download_image(plan, skopeo, options):
                                     all_images=plan["media_type"] in store_mod.INDEX_MEDIA_TYPES,
                                     preserve_digests=not plan["docker_typed"],
                                     dest_shared_blob_dir=os.path.join(store, store_mod.BLOBS_DIR), extra=extra)
-            copied = skopeo.run(argv, ref)
+            remaining = [len(to_fetch)]
+
+            def progressed(err):  # pylint: disable=unused-argument
+                # A try after which fewer of the image's blobs are missing went further: blobs
+                # stay in the store, so the retry budget is for tries that went nowhere.
+                now = len(missing_blobs(store, plan["fetchable"]))
+                moved, remaining[0] = now < remaining[0], now
+                return moved
+
+            copied = skopeo.run(argv, ref, progressed=progressed)
             result["attempts"] = copied.attempts
             result["retries"] += copied.retries
             if plan["docker_typed"]:

@@ -61,7 +61,8 @@ _TRANSIENT_PATTERNS = (
     (r"connection reset", "connection reset by the registry"),
     (r"connection refused", "connection refused by the registry"),
     (r"tls handshake timeout|i/o timeout|timed out|timeout|deadline exceeded", "timeout talking to the registry"),
-    (r"\beof\b|unexpected eof|broken pipe|connection closed|use of closed network connection|http2: .* reset",
+    (r"\beof\b|unexpected eof|broken pipe|connection closed|closed idle connection|use of closed network connection"
+     r"|server closed the connection|http2: .* reset|transport connection broken",
      "connection closed unexpectedly (EOF)"),
     (r"temporary failure|network is unreachable|no route to host", "network unreachable"),
 )
@@ -259,13 +260,18 @@ class Skopeo(object):
         runner = self.runner or subprocess_runner
         return runner(argv, env=self.env)
 
-    def run(self, argv, what, on_retry=None):
+    def run(self, argv, what, on_retry=None, progressed=None):
         """Run ``argv``; retry transient failures with backoff; raise :class:`SkopeoError`.
 
         ``what`` names the image in messages. ``on_retry(attempt, cause, delay)`` is called
-        before each sleep (for progress reporting).
+        before each sleep (for progress reporting). ``progressed(stderr)`` tells whether a failed
+        attempt still moved the work forward (a blob that no earlier attempt had sent): such an
+        attempt does not use up a retry and the backoff starts over, so a long push over a link
+        that keeps breaking goes on as long as each try gets further. It must only answer true
+        a finite number of times (for new blobs, at most once per blob).
         """
         attempt = 0
+        fruitless = 0
         while True:
             attempt += 1
             try:
@@ -275,9 +281,13 @@ class Skopeo(object):
             if rc == 0:
                 return SkopeoResult(out, err, attempt)
             kind, cause = classify_error(err)
-            if kind == PERMANENT or attempt > self.retries:
+            if kind == TRANSIENT and progressed is not None and progressed(err):
+                fruitless = 0
+            else:
+                fruitless += 1
+            if kind == PERMANENT or fruitless > self.retries:
                 raise SkopeoError(what, kind, cause, rc, err, argv, attempt)
-            delay = backoff_delay(attempt, self.retry_delay, self.max_delay, self.rng)
+            delay = backoff_delay(max(1, fruitless), self.retry_delay, self.max_delay, self.rng)
             if on_retry is not None:
                 on_retry(attempt, cause, delay)
             self.sleep(delay)

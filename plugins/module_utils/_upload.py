@@ -407,8 +407,19 @@ class Registry:
             image.attempts += 1
             return rc, out, err
 
+        passed = set()
+
+        def progressed(err):
+            # A try that got past a blob no earlier try had got past (uploaded it, mounted it or
+            # found it there) went further: the retry budget is for tries that went nowhere.
+            uploaded, reused = blob_report(err)
+            new = set(uploaded + reused) - passed
+            passed.update(new)
+            return bool(new)
+
         try:
-            self.tool(runner).run(self.copy_args(image, store), what="Pushing %s to %s" % (image.source, image.push_target()[9:]))
+            self.tool(runner).run(self.copy_args(image, store), what="Pushing %s to %s" % (image.source, image.push_target()[9:]),
+                                  progressed=progressed)
         except SkopeoError as exc:
             return False, exc.message
         return True, None

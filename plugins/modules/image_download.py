@@ -73,7 +73,10 @@ options:
     type: int
     default: 4
   retries:
-    description: How many times a call that failed with a transient error is retried.
+    description:
+      - How many times in a row a call that failed with a transient error is retried.
+      - A copy that failed after more of its blobs reached the store than before does not count
+        (blobs stay in the store, so each try goes further); the count starts over after it.
     type: int
     default: 5
   retry_delay:

@@ -108,7 +108,9 @@ options:
     default: 4
   retries:
     description:
-      - How many times a push or a check that failed for a transient reason (network, HTTP 429, 5xx) is retried.
+      - How many times in a row a push or a check that failed for a transient reason (network, HTTP 429, 5xx) is retried.
+      - A push that failed after getting past a blob no earlier try had got past (uploaded, mounted or found
+        on the mirror) does not count; the count starts over after it.
     type: int
     default: 3
   retry_delay:

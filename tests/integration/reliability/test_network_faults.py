@@ -122,8 +122,8 @@ def test_upload_absorbs_resets_429_and_503(calm, reference_store):
     """The same faults between the bastion and the mirror: the upload completes, digests preserved."""
     bed = calm
     # 5% of connections reset and 5% of requests answered 429 or 503. Each retry of a push starts the
-    # image over and asks the mirror again for every blob (HEAD), so an upload needs more retries
-    # than a download, whose retries skip the blobs already on disk.
+    # image over and asks the mirror again for every blob (HEAD): tries that get past a blob no try
+    # had got past do not count, the retries are for the tries that end before that.
     bed.start_site_proxy({"faults": "reset=0.05,http429=0.025,http503=0.025"})
     mapping_file = os.path.join(bed.work, "mapping-faults.json")
     # The images of three components (both registries, shared and own layers): enough requests for

@@ -27,10 +27,10 @@ class TimedSkopeo(Skopeo):
         self.calls = []
         self._lock = threading.Lock()
 
-    def run(self, argv, what, on_retry=None):
+    def run(self, argv, what, **kwargs):
         started = time.monotonic()
         try:
-            return super().run(argv, what, on_retry)
+            return super().run(argv, what, **kwargs)
         finally:
             with self._lock:
                 self.calls.append((argv[1], started, time.monotonic()))

@@ -59,6 +59,8 @@ def test_classify_captured_stderr(sample, kind, word):
     ('reading blob sha256:ab: fetching blob: received unexpected HTTP status: 504 Gateway Timeout', TRANSIENT),
     ('Get "https://quay.io/v2/": EOF', TRANSIENT),
     ('net/http: TLS handshake timeout', TRANSIENT),
+    ('pinging container registry quay.io: Get "https://quay.io/v2/": http: server closed idle connection', TRANSIENT),
+    ('Patch "https://m:8443/v2/a/blobs/uploads/x": net/http: HTTP/1.x transport connection broken: unexpected EOF', TRANSIENT),
     ('toomanyrequests: too many requests', TRANSIENT),
     ('denied: requested access to the resource is denied', PERMANENT),
     ('name unknown: repository name not known to registry', PERMANENT),
@@ -141,6 +143,35 @@ def test_run_gives_up_after_bounded_attempts():
         tool.run(["skopeo", "copy"], "r.example/a:1")
     assert runner.calls == 4 and err.value.attempts == 4
     assert "still failing after 4 attempts" in err.value.message
+
+
+def test_tries_that_get_further_do_not_use_up_the_retries():
+    # Five broken tries with retries=2: the first three each got further, so only the last two count.
+    sleeps = []
+    runner = ScriptedRunner([(1, SAMPLES["reset"])] * 5 + [(0, "")])
+    answers = [True, True, True, False, False]
+    tool = Skopeo("skopeo", retries=2, retry_delay=1.0, runner=runner, sleep=sleeps.append, rng=random.Random(3))
+    result = tool.run(["skopeo", "copy"], "r.example/a:1", progressed=lambda err: answers.pop(0))
+    assert result.attempts == 6 and not answers
+    # after a try that got further the backoff starts over; fruitless tries double it
+    assert all(0.5 <= delay <= 1.0 for delay in sleeps[:4]) and 1.0 <= sleeps[4] <= 2.0
+
+
+def test_tries_that_go_nowhere_end_the_retries():
+    runner = ScriptedRunner([(1, SAMPLES["reset"])] * 4 + [(0, "")])
+    answers = [True, False, False, False]
+    tool = Skopeo("skopeo", retries=2, retry_delay=0.01, runner=runner, sleep=lambda s: None)
+    with pytest.raises(SkopeoError) as err:
+        tool.run(["skopeo", "copy"], "r.example/a:1", progressed=lambda err: answers.pop(0))
+    assert runner.calls == 4 and "still failing after 4 attempts" in err.value.message
+
+
+def test_progress_never_excuses_a_permanent_error():
+    runner = ScriptedRunner([(1, SAMPLES["401"]), (0, "")])
+    tool = Skopeo("skopeo", retries=5, runner=runner, sleep=lambda s: None)
+    with pytest.raises(SkopeoError):
+        tool.run(["skopeo", "copy"], "r.example/a:1", progressed=lambda err: True)
+    assert runner.calls == 1
 
 
 def test_missing_binary_is_a_clear_error():
