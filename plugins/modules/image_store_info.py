@@ -21,16 +21,15 @@ description:
     image with a blob that does not hash to its digest is reported as corrupt (and not complete).
 author:
   - airgap.microshift contributors (@airgap-microshift)
+extends_documentation_fragment:
+  - airgap.microshift.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: The module only reads; check mode changes nothing in what it does.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
 options:
   store:

@@ -40,16 +40,15 @@ author:
   - airgap.microshift contributors (@airgap-microshift)
 requirements:
   - skopeo 1.9 or later on the host that runs the module
+extends_documentation_fragment:
+  - airgap.microshift.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Reads the mirror to tell which images would be pushed and with which tags; writes nothing.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
     details: Images already on the mirror are skipped; with O(tag_policy=timestamp) new images get new tags.
 options:

@@ -22,16 +22,15 @@ description:
   - The diff shows registries and user names only; passwords and tokens are masked.
 author:
   - airgap.microshift contributors (@airgap-microshift)
+extends_documentation_fragment:
+  - airgap.microshift.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details: Secrets are masked in the diff.
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
     details: Entries are compared after decoding, so rewriting the same credentials is not a change.
 options:
