@@ -524,6 +524,9 @@ class Sandbox:
                 os.makedirs(work, exist_ok=True)
                 uppers[top] = upper
                 script_lines.append("mount -t overlay amsb-%s -o lowerdir=%s,upperdir=%s,workdir=%s %s" % (node, top, upper, work, top))
+            # Its own /dev/shm, as a real host has: podman keeps its lock segment there, and two
+            # first pulls on two nodes at once must not race to create the same one.
+            script_lines.append("mount -t tmpfs -o mode=1777,size=64m amsb-%s-shm /dev/shm" % node)
             etc, usr_local = uppers["/etc"], uppers["/usr/local"]
             _write(os.path.join(etc, "hosts"), self._node_hosts_file(state, node, site))
             _write(os.path.join(etc, "hostname"), node + "\n")

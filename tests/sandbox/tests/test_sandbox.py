@@ -109,6 +109,10 @@ def test_hosts_are_isolated(bed):
     assert sb.run("microshift-2", ["hostname"]).stdout.strip() == "microshift-2"
     assert sb.run("microshift-1", ["cat", "/etc/containers/policy.json"]).returncode == 0
     assert sb.run("microshift-1", ["ls", "-A", "/etc/containers/registries.conf.d"]).stdout == ""
+    # each host has its own /dev/shm (podman's lock segment lives there)
+    sb.run("microshift-1", ["sh", "-c", "echo one > /dev/shm/amsb-test"])
+    assert sb.run("microshift-2", ["test", "-e", "/dev/shm/amsb-test"], check=False).returncode == 1
+    assert not os.path.exists("/dev/shm/amsb-test")
 
 
 def test_update_ca_trust_shim_trusts_the_site_ca(bed):
