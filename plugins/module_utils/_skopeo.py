@@ -265,10 +265,10 @@ class Skopeo(object):
 
         ``what`` names the image in messages. ``on_retry(attempt, cause, delay)`` is called
         before each sleep (for progress reporting). ``progressed(stderr)`` tells whether a failed
-        attempt still moved the work forward (a blob that no earlier attempt had sent): such an
-        attempt does not use up a retry and the backoff starts over, so a long push over a link
-        that keeps breaking goes on as long as each try gets further. It must only answer true
-        a finite number of times (for new blobs, at most once per blob).
+        attempt still moved the work forward (a push past a blob no earlier attempt had reached, a
+        copy after which fewer blobs are missing): such an attempt does not use up a retry and the
+        backoff starts over, so a long copy over a link that keeps breaking goes on as long as each
+        try gets further. It must only answer true a finite number of times (at most once per blob).
         """
         attempt = 0
         fruitless = 0
