@@ -45,14 +45,15 @@ _EXPORTED_NAME = re.compile(r"^[-*] `([A-Za-z_][A-Za-z0-9_]*)`", re.MULTILINE)
 _FACT_MODULES = ("ansible.builtin.set_fact", "set_fact")
 
 
+def code(text):
+    """``text`` as Markdown inline code."""
+    if "`" in text:
+        return "`` %s ``" % text
+    return "`%s`" % text
+
+
 class _MarkdownFormatter(Formatter):
     """Ansible's documentation markup (C(), O(), V(), M() ...) as plain GitHub Markdown."""
-
-    @staticmethod
-    def _code(text):
-        fence = "``" if "`" in text else "`"
-        pad = " " if fence == "``" else ""
-        return "%s%s%s%s%s" % (fence, pad, text, pad, fence)
 
     @staticmethod
     def _text(text):
@@ -66,7 +67,7 @@ class _MarkdownFormatter(Formatter):
         return "**%s**" % self._text(part.text)
 
     def format_code(self, part):
-        return self._code(part.text)
+        return code(part.text)
 
     def format_horizontal_line(self, part):
         return "\n\n---\n\n"
@@ -78,7 +79,7 @@ class _MarkdownFormatter(Formatter):
         return "[%s](%s)" % (self._text(part.text), part.url)
 
     def format_module(self, part, url):
-        return self._code(part.fqcn)
+        return code(part.fqcn)
 
     def format_rst_ref(self, part):
         return self._text(part.text)
@@ -90,19 +91,19 @@ class _MarkdownFormatter(Formatter):
         return self._text(part.text)
 
     def format_env_variable(self, part):
-        return self._code(part.name)
+        return code(part.name)
 
     def format_option_name(self, part, url):
-        return self._code(part.name if part.value is None else "%s=%s" % (part.name, part.value))
+        return code(part.name if part.value is None else "%s=%s" % (part.name, part.value))
 
     def format_option_value(self, part):
-        return self._code(part.value)
+        return code(part.value)
 
     def format_plugin(self, part, url):
-        return self._code(part.plugin.fqcn)
+        return code(part.plugin.fqcn)
 
     def format_return_value(self, part, url):
-        return self._code(part.name if part.value is None else "%s=%s" % (part.name, part.value))
+        return code(part.name if part.value is None else "%s=%s" % (part.name, part.value))
 
 
 def markdown(text, role, entry="main"):
@@ -132,11 +133,11 @@ def _variable(name, spec, role):
     if spec.get("required"):
         facts.append("- required: yes")
     elif "default" in spec:
-        facts.append("- default: %s" % _MarkdownFormatter._code(_yaml_value(spec["default"])))
+        facts.append("- default: %s" % code(_yaml_value(spec["default"])))
     else:
         facts.append("- default: none")
     if spec.get("choices"):
-        facts.append("- choices: %s" % ", ".join(_MarkdownFormatter._code(_yaml_value(c)) for c in spec["choices"]))
+        facts.append("- choices: %s" % ", ".join(code(_yaml_value(c)) for c in spec["choices"]))
     if spec.get("no_log"):
         facts.append("- hidden from logs (`no_log`)")
     return out + facts + [""]
@@ -160,10 +161,14 @@ def _entry_points(role, specs):
                 if option == main.get("options", {}).get(name):
                     out.append("- `%s`, as above" % name)
                 else:
-                    default = "required" if option.get("required") else "default %s" % _MarkdownFormatter._code(
-                        _yaml_value(option.get("default"))) if "default" in option else "no default"
-                    out.append("- `%s` (`%s`, %s): %s" % (name, _type_of(option), default,
-                                                        markdown(option.get("description", ""), role, entry)))
+                    if option.get("required"):
+                        default = "required"
+                    elif "default" in option:
+                        default = "default %s" % code(_yaml_value(option["default"]))
+                    else:
+                        default = "no default"
+                    description = markdown(option.get("description", ""), role, entry)
+                    out.append("- `%s` (`%s`, %s): %s" % (name, _type_of(option), default, description))
             out.append("")
     return out
 
@@ -206,7 +211,7 @@ def render(role, existing):
     ]
     out += _section("intro", sections, "what the role does and how, for a newcomer")
     out += ["", "## Requirements", ""]
-    out.append("- ansible-core %s on the control node" % _MarkdownFormatter._code(requires_ansible))
+    out.append("- ansible-core %s on the control node" % code(requires_ansible))
     platforms = _platforms(meta)
     if platforms:
         out.append("- managed hosts: %s" % "; ".join(platforms))
