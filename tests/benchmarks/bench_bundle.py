@@ -69,9 +69,13 @@ def build_store(root, total, seed=7):
         with open(os.path.join(root, layout, "index.json"), "w") as handle:
             json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
                                                           "digest": "sha256:" + digest, "size": len(manifest)}]}, handle)
+        media_type = "application/vnd.oci.image.manifest.v1+json"
         index["images"]["quay.io/bench/image%d@sha256:%s" % (number, digest)] = {
-            "digest": "sha256:" + digest, "media_type": "application/vnd.oci.image.manifest.v1+json", "layout": layout,
-            "manifests": [], "size": sum(layer["size"] for layer in layers) + len(manifest)}
+            "digest": "sha256:" + digest, "media_type": media_type, "manifest_size": len(manifest), "layout": layout,
+            "manifests": [{"digest": "sha256:" + digest, "size": len(manifest), "media_type": media_type, "platform": "linux/amd64",
+                           "blobs": [{"digest": layer["digest"], "size": layer["size"], "media_type": layer["mediaType"]}
+                                     for layer in layers]}],
+            "size": sum(layer["size"] for layer in layers) + len(manifest)}
     with open(os.path.join(root, "store.json"), "w") as handle:
         json.dump(index, handle, indent=2, sort_keys=True)
     return index

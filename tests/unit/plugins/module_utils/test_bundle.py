@@ -84,8 +84,10 @@ def add_image(store, index, ref, layer_sizes, seed):
     index["images"][ref] = {
         "digest": digest,
         "media_type": OCI_MANIFEST,
+        "manifest_size": len(manifest),
         "layout": layout,
-        "manifests": [{"digest": digest, "platform": "linux/amd64", "size": len(manifest), "blobs": blobs}],
+        "manifests": [{"digest": digest, "platform": "linux/amd64", "size": len(manifest), "media_type": OCI_MANIFEST,
+                       "blobs": blobs}],
         "size": len(manifest) + sum(b["size"] for b in blobs),
         "fetched": "2026-01-01T00:00:00Z",
     }
