@@ -57,7 +57,6 @@ MAX_VOLUMES = 9999
 SIGNATURE_RESERVE = 512
 MAX_SIGNATURE_FILE = 8 * 1024
 MAX_MANIFEST_FILE = _strict.MAX_LARGE_JSON
-LOCK_NAME = ".bundle.lock"
 
 FAT32_MAX_FILE = 4 * 1024 ** 3 - 1
 NAMED_SIZES = {
@@ -206,8 +205,11 @@ def write_atomic(path, data, mode=0o644):
 
 
 def _dir_lock(directory):
-    """The lock serialising temp-file creation and cleanup in a volume directory of ``dest``."""
-    return _files.DirLock(directory, LOCK_NAME)
+    """The lock serialising temp-file creation and cleanup in the volumes of ``dest``: a flock on ``dest`` itself."""
+    return _files.DirLock(directory)
+
+
+free_bytes = _store.free_bytes
 
 
 def run_parallel(tasks, parallel):
@@ -733,7 +735,7 @@ def pack(store, dest, volume_size=None, part_size=FAT32_MAX_FILE, receipt=None, 
     if not check_mode:
         needed = bytes_to_write + sum(v["overhead"] for v in volumes if v["name"] in selected)
         if not link:
-            free = _store.free_bytes(dest)
+            free = free_bytes(dest)
             if needed > free:
                 raise BundleError("The destination %s has %d bytes (%s) free but the bundle needs %d bytes (%s)." % (
                     dest, free, human_size(free), needed, human_size(needed)), needed=needed, free=free)
@@ -1417,7 +1419,7 @@ def unpack(sources, store, parallel=4, check_mode=False, trusted_keys=None, allo
     os.makedirs(os.path.join(store, BLOB_DIR), exist_ok=True)
     lock = _store.StoreLock(store)
     _files.remove_stale_temps(os.path.join(store, BLOB_DIR), lock)
-    free = _store.free_bytes(store)
+    free = free_bytes(store)
     if result["bytes_to_write"] > free:
         raise BundleError("The store %s has %d bytes (%s) free but unpacking needs %d bytes (%s)." % (
             store, free, human_size(free), result["bytes_to_write"], human_size(result["bytes_to_write"])))

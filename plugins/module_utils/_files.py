@@ -88,10 +88,11 @@ def write_file(path, data, mode=None, move=None, prefix=None):
 
 
 class DirLock:
-    """An exclusive ``flock`` on ``<directory>/<name>``: serialises temp-file creation and cleanup."""
+    """An exclusive ``flock`` on ``<directory>/<name>``, or on ``directory`` itself when ``name`` is None
+    (no file is created: a medium gets nothing it does not carry). Serialises temp-file creation and cleanup."""
 
-    def __init__(self, directory, name=".lock"):
-        self.path = os.path.join(directory, name)
+    def __init__(self, directory, name=None):
+        self.path = os.path.join(directory, name) if name else directory
         self.fd = None
         # Threads of one run share the instance: they take turns before the flock.
         self._thread_lock = threading.Lock()
@@ -99,7 +100,10 @@ class DirLock:
     def __enter__(self):
         self._thread_lock.acquire()
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            if os.path.isdir(self.path):
+                self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+            else:
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX)
             except BaseException:
