@@ -456,3 +456,43 @@ class SyntheticImages(object):
 def synthetic_images(local_registry, tmp_path):
     """A :class:`SyntheticImages` bound to ``local_registry``, with a seed unique to the test."""
     return SyntheticImages(local_registry, str(tmp_path / "synthetic"), seed="%s-%d" % (tmp_path.name, os.getpid()))
+
+
+# -- the fuzzing count, printed at the end of the session (workers report theirs under xdist) -----
+
+_FUZZ_TOTALS = {}
+
+
+def _fuzz_module():
+    for name, module in list(__import__("sys").modules.items()):
+        if name.endswith("test_fuzz_readers") and hasattr(module, "COUNTS"):
+            return module
+    return None
+
+
+def _merge_fuzz_counts(counts):
+    for reader, number in counts.items():
+        _FUZZ_TOTALS[reader] = _FUZZ_TOTALS.get(reader, 0) + number
+
+
+def pytest_sessionfinish(session):
+    module = _fuzz_module()
+    if module is not None and hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["fuzz_counts"] = json.dumps(module.COUNTS)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):  # pylint: disable=unused-argument
+    counts = getattr(node, "workeroutput", {}).get("fuzz_counts")
+    if counts:
+        _merge_fuzz_counts(json.loads(counts))
+
+
+def pytest_terminal_summary(terminalreporter):
+    module = _fuzz_module()
+    if module is not None and not hasattr(terminalreporter.config, "workeroutput"):
+        _merge_fuzz_counts(module.COUNTS)
+    if _FUZZ_TOTALS:
+        terminalreporter.write_line("fuzzing of outside data: %d examples over %d readers (%s), no traceback" % (
+            sum(_FUZZ_TOTALS.values()), len(_FUZZ_TOTALS),
+            ", ".join("%s %d" % (reader, number) for reader, number in sorted(_FUZZ_TOTALS.items()))))
