@@ -16,7 +16,7 @@ description:
     air-gapped side, rebuilds the store from it, and records what the air-gapped side holds so
     the next set carries only new blobs.
   - The set is signed on the connected side (O(signing_key)) and checked on the air-gapped side against
-    the public keys installed there (O(trusted_keys)) before anything else is read from the medium: the
+    the public keys installed there (O(trusted_keys)) before anything else is read from the medium. The
     signature covers C(bundle.json), which lists the path, size and sha256 of every file of every volume,
     so a changed byte, an added file or a volume from another set is refused.
   - The medium is read as hostile data. Only the files the set lists are opened, never through a symbolic
@@ -116,7 +116,7 @@ options:
     default: false
   signing_key:
     description:
-      - With O(state=pack), the private key that signs the set, a file on the host that packs: PKCS#8 PEM
+      - With O(state=pack), the private key that signs the set, a file on the host that packs, in PKCS#8 PEM
         (plain or passphrase-encrypted, as M(airgap.microshift.signing_key) or C(openssl genpkey) writes it)
         or the encrypted sigstore/cosign PEM (needs C(pynacl)). ECDSA P-256, ECDSA P-384 or Ed25519.
       - Required with O(state=pack) unless O(allow_unsigned=true).
@@ -129,7 +129,7 @@ options:
     description:
       - With O(state=verify) and O(state=unpack), the public keys (SubjectPublicKeyInfo PEM files on the air-gapped
         host; a file may hold several) a set may be signed with. Several keys are accepted at once, so a
-        key can be rotated: trust the new key next to the old one, then drop the old one.
+        key can be rotated (trust the new key next to the old one, then drop the old one).
       - Required with O(state=verify) and O(state=unpack) unless O(allow_unsigned=true).
     type: list
     elements: path

@@ -11,7 +11,7 @@ module: signing_key
 short_description: Generate the key pair that signs transfer sets
 version_added: 0.1.0
 description:
-  - Makes sure a private key file and its public key file exist on the host: generates the pair when the
+  - Makes sure a private key file and its public key file exist on the host; it generates the pair when the
     private key is missing, and (re)writes the public key from the private one when it is missing or
     differs. An existing private key is kept, never replaced, unless O(force=true).
   - The private key stays on the connected side, where M(airgap.microshift.image_bundle) signs transfer sets
@@ -67,12 +67,12 @@ options:
     default: pkcs8
   passphrase:
     description:
-      - The passphrase of the private key. Without one a V(pkcs8) key is written unencrypted: then protect it by
+      - The passphrase of the private key. Without one a V(pkcs8) key is written unencrypted; then protect it by
         its file mode and the host alone.
     type: str
   force:
     description:
-      - Generate a new pair even when a private key exists (a key rotation on the connected side: trust the new
+      - Generate a new pair even when a private key exists (a key rotation on the connected side; trust the new
         public key on the air-gapped side first).
     type: bool
     default: false

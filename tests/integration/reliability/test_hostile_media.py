@@ -135,6 +135,7 @@ class Context:
         self.tree = self.path("tree")
         # Named by a tag, so a changed manifest.json is judged by its content, not refused for its pinned digest.
         self.image_rel = self.good_ref.split("/", 1)[1].split("@", 1)[0] + ":hostile"
+        os.makedirs(os.path.dirname(os.path.join(self.tree, self.image_rel)))
         subprocess.run(["skopeo", "copy", "--quiet", "--all", "--preserve-digests", "--src-shared-blob-dir",
                         os.path.join(reference["store"], "blobs"), "oci:" + os.path.join(reference["store"], entry["layout"]),
                         "dir:" + os.path.join(self.tree, self.image_rel)], check=True)
