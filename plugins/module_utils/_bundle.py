@@ -986,9 +986,7 @@ def parse_manifest(data, what):
             raise BundleError("The bundle manifest %s has format %r; this collection reads format %d (pack the set again with it)."
                               % (what, manifest.get("format"), FORMAT))
         _validate_manifest(manifest, what)
-    except _strict.OutsideDataError as exc:
-        _manifest_error(what, exc)
-    except _store.StoreError as exc:
+    except _strict.OutsideDataError as exc:  # StoreError included
         _manifest_error(what, exc)
     return manifest
 

@@ -72,7 +72,8 @@ def parse_manifest(raw, what):
         children = [{"digest": c["digest"], "size": c["size"], "media_type": c["media_type"],
                      "platform": format_platform(c.get("platform"))} for c in doc["children"]]
         return {"media_type": doc["media_type"], "kind": "index", "children": children}
-    strip = lambda d: {"digest": d["digest"], "size": d["size"], "media_type": d["media_type"]}  # noqa: E731
+    def strip(descriptor):
+        return {"digest": descriptor["digest"], "size": descriptor["size"], "media_type": descriptor["media_type"]}
     return {"media_type": doc["media_type"], "kind": "manifest", "config": strip(doc["config"]),
             "layers": [strip(layer) for layer in doc["layers"]]}
 

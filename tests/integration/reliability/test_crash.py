@@ -134,8 +134,8 @@ def test_unpack_killed_half_way(calm, reference_store):
     bed = calm
     media = os.path.join(bed.work, "media-crash")
     os.makedirs(media)
-    result, pack = bed.module("image_bundle", bed.sign({"state": "pack", "store": reference_store["store"], "dest": media,
-                                                                    "release": "crash-test"}))
+    pack_args = bed.sign({"state": "pack", "store": reference_store["store"], "dest": media, "release": "crash-test"})
+    result, pack = bed.module("image_bundle", pack_args)
     assert result.rc == 0, result
     total_blobs = len(reference_store["index"]["blobs"])
     caught, attempts = False, 0

@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from conftest import COLLECTIONS, record, tree_state, verify_store  # noqa: F401
+from conftest import record, tree_state, verify_store
 
 from ansible_collections.airgap.microshift.plugins.module_utils import _bundle, _signing  # noqa: E402
 
@@ -76,9 +76,9 @@ def resign(medium, key, change_manifest=None, files=None, keep_id=False):
         vol = _vol(medium, name)
         try:
             sums = _bundle.expected_files(manifest, name, data)
-            files_listed = _bundle._sums_text(sorted((rel, sha) for rel, (size, sha) in sums.items()  # pylint: disable=protected-access
-                                                     if rel not in ("SHA256SUMS", "bundle.json.sig") and rel != "bundle.json")
-                                              + [("bundle.json", hashlib.sha256(data).hexdigest())])
+            records = [(rel, sha) for rel, (dummy, sha) in sums.items() if rel not in ("SHA256SUMS", "bundle.json.sig", "bundle.json")]
+            records.append(("bundle.json", hashlib.sha256(data).hexdigest()))
+            files_listed = "".join("%s  %s\n" % (sha, rel) for rel, sha in sorted(records))
             _write(os.path.join(vol, "SHA256SUMS"), files_listed.encode())
         except (KeyError, TypeError, AttributeError, ValueError):
             pass
@@ -159,8 +159,8 @@ class Context:
 
 def _unpack(c, medium, out, **extra):
     return [{"name": "Hostile", "hosts": "airgapped", "gather_facts": False, "tasks": [
-        {"name": "Run image_bundle", "airgap.microshift.image_bundle": c.bed.sign(dict({"state": "unpack", "src": [medium], "store": out},
-                                                                                     **extra))}]}]
+        {"name": "Run image_bundle",
+         "airgap.microshift.image_bundle": c.bed.sign(dict({"state": "unpack", "src": [medium], "store": out}, **extra))}]}]
 
 
 def _verify(c, medium):
@@ -368,7 +368,9 @@ def case_manifest_deep(c, out):
 
 def case_manifest_missing_key(c, out):
     medium = c.medium("manifest-missing-key")
-    resign(medium, c.key, change_manifest=lambda m: m.pop("store_json"))
+    def change(manifest):
+        del manifest["store_json"]
+    resign(medium, c.key, change_manifest=change)
     return dict(play=_unpack(c, medium, out), expect=["vol-001/bundle.json", "lacks the key 'store_json'"], absent=[out])
 
 

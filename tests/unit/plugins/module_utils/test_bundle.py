@@ -47,6 +47,7 @@ def unpack(*args, **kwargs):
     kwargs.setdefault("trusted_keys", TRUSTED)
     return _bundle.unpack(*args, **kwargs)
 
+
 MiB = 1024 * 1024
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -127,6 +127,7 @@ def test_write_index_is_atomic_and_leaves_no_temporary(tmp_path):
 def test_concurrent_records_keep_every_image(tmp_path):
     store = str(tmp_path)
     store_mod.write_index(store, store_mod.empty_index())
+
     def record(i):
         ref = "quay.io/r/a:%d" % i
         entry = {"digest": "sha256:" + HEX, "media_type": store_mod.MEDIA_OCI_INDEX, "manifest_size": 1, "layout": store_mod.layout_path(ref),

@@ -171,11 +171,10 @@ def _store(root):
     with open(os.path.join(root, layout, "index.json"), "w") as handle:
         json.dump({"schemaVersion": 2, "manifests": [{"mediaType": OCI_INDEX, "digest": index[0], "size": index[1]}]}, handle)
     blobs = dict((d, n) for d, n in (layer, config, amd, arm, index))
+    shared = [{"digest": config[0], "size": config[1]}, {"digest": layer[0], "size": layer[1]}]
     entry = {"digest": index[0], "media_type": OCI_INDEX, "manifest_size": index[1], "layout": layout, "manifests": [
-        {"digest": amd[0], "size": amd[1], "media_type": OCI_MANIFEST, "blobs": [{"digest": config[0], "size": config[1]},
-                                                                                  {"digest": layer[0], "size": layer[1]}]},
-        {"digest": arm[0], "size": arm[1], "media_type": OCI_MANIFEST, "blobs": [{"digest": config[0], "size": config[1]},
-                                                                                  {"digest": layer[0], "size": layer[1]}]}]}
+        {"digest": amd[0], "size": amd[1], "media_type": OCI_MANIFEST, "blobs": list(shared)},
+        {"digest": arm[0], "size": arm[1], "media_type": OCI_MANIFEST, "blobs": list(shared)}]}
     # the arm manifest's own layer: the one blob file not named above
     for name in [d for d in os.listdir(blobs_dir(root)) if "sha256:" + d not in blobs]:
         blobs["sha256:" + name] = os.path.getsize(os.path.join(blobs_dir(root), name))
