@@ -339,7 +339,9 @@ def case_store_json_pinned_digest(c, out):
 
 def case_store_json_disagrees(c, out):
     medium = c.medium("store-json-disagrees")
-    data = _json_edit(os.path.join(_vol(medium), "store.json"), lambda d: d["images"].pop(sorted(d["images"])[-1]))
+    def change(doc):
+        del doc["images"][sorted(doc["images"])[-1]]
+    data = _json_edit(os.path.join(_vol(medium), "store.json"), change)
     resign(medium, c.key, files={"store.json": data})
     return dict(play=_unpack(c, medium, out), expect=["vol-001/store.json", "different images"], absent=[out])
 
