@@ -1350,12 +1350,11 @@ def unpack(sources, store, parallel=4, check_mode=False, trusted_keys=None, allo
                                                           ("short or oversized", report["short"] + report["corrupt"])) if v)),
             missing=report["missing"], short=report["short"] + report["corrupt"])
     vol = manifest["store_json"]["volume"]
-    sums = expected_files(manifest, vol, info["manifest_bytes"])[SUMS]
+    # SHA256SUMS follows from the signed manifest: a changed one is refused like any changed file.
     for name in sorted(found):
         size, sha = expected_files(manifest, name, info["manifest_bytes"])[SUMS]
         if _hash_volume_file(found, name, SUMS, size, sha, bytearray(max(size, 1))):
             raise BundleError("%s/%s does not list what bundle.json lists; nothing was unpacked." % (name, SUMS), corrupt=["%s/%s" % (name, SUMS)])
-    del sums
     store = os.path.abspath(store)
     if ":" in store:
         raise BundleError("The store path %s contains ':', which skopeo's oci: transport cannot address." % store)
