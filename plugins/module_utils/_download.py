@@ -72,6 +72,7 @@ def parse_manifest(raw, what):
         children = [{"digest": c["digest"], "size": c["size"], "media_type": c["media_type"],
                      "platform": format_platform(c.get("platform"))} for c in doc["children"]]
         return {"media_type": doc["media_type"], "kind": "index", "children": children}
+
     def strip(descriptor):
         return {"digest": descriptor["digest"], "size": descriptor["size"], "media_type": descriptor["media_type"]}
     return {"media_type": doc["media_type"], "kind": "manifest", "config": strip(doc["config"]),

@@ -339,6 +339,7 @@ def case_store_json_pinned_digest(c, out):
 
 def case_store_json_disagrees(c, out):
     medium = c.medium("store-json-disagrees")
+
     def change(doc):
         del doc["images"][sorted(doc["images"])[-1]]
     data = _json_edit(os.path.join(_vol(medium), "store.json"), change)
@@ -370,6 +371,7 @@ def case_manifest_deep(c, out):
 
 def case_manifest_missing_key(c, out):
     medium = c.medium("manifest-missing-key")
+
     def change(manifest):
         del manifest["store_json"]
     resign(medium, c.key, change_manifest=change)
