@@ -195,12 +195,15 @@ def _discard(path):
     _files.discard(path)
 
 
-def write_atomic(path, data, mode=0o644):
-    """Write ``data`` to ``path`` via a temp file in the same directory; False when already equal."""
+def write_atomic(path, data, mode=0o644, synced_dirs=None):
+    """Write ``data`` to ``path`` via a temp file in the same directory; False when already equal.
+
+    With ``synced_dirs`` (a set), the caller fsyncs the directories once after a batch of writes.
+    """
     if _files.same_content(path, data):
         return False
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    _files.write_file(path, data, mode=mode, prefix=TEMP_PREFIX + os.path.basename(path)[:16] + ".")
+    _files.write_file(path, data, mode=mode, prefix=TEMP_PREFIX + os.path.basename(path)[:16] + ".", synced_dirs=synced_dirs)
     return True
 
 
@@ -647,8 +650,6 @@ def _copy_blob(source, digest, targets, stats, lock, link=False):
             os.chmod(temp, 0o644)
             os.rename(temp, path)
             stats.add(written=1, nbytes=file_size(path) or 0)
-        for directory in set(os.path.dirname(path) for _h, _t, path in temps):
-            _files.fsync_dir(directory)
         renamed, temps = temps, []
         for handle, _temp, _path in renamed:
             handle.close()
@@ -771,6 +772,10 @@ def pack(store, dest, volume_size=None, part_size=FAT32_MAX_FILE, receipt=None, 
         known_hashes.update(part_hashes)
         if error:
             errors.append(error)
+    # The renames of this run survive a power cut once their directories are fsynced (once each, not per blob).
+    for vol in volumes:
+        if vol["name"] in selected:
+            _files.fsync_dir(os.path.join(dest, vol["name"], BLOB_DIR))
     if errors:
         raise BundleError("Packing %s failed: %s." % (store, "; ".join(sorted(errors))), corrupt=sorted(errors))
 
@@ -783,20 +788,25 @@ def pack(store, dest, volume_size=None, part_size=FAT32_MAX_FILE, receipt=None, 
                                for f in unknown_parts], parallel)
         final = fill_part_hashes(manifest, volumes, dict(hashes))
     manifest_bytes = canonical_json(final)
+    synced = set()
     for vol in volumes:
         if vol["name"] not in selected:
             continue
         vol_dir = os.path.join(dest, vol["name"])
         for name, data in plan["extras"].items() if vol is volumes[0] else ():
-            changed |= write_atomic(os.path.join(vol_dir, name), data)
-        changed |= write_atomic(os.path.join(vol_dir, SUMS), sums_bytes(vol["files"], manifest_bytes))
+            changed |= write_atomic(os.path.join(vol_dir, name), data, synced_dirs=synced)
+        changed |= write_atomic(os.path.join(vol_dir, SUMS), sums_bytes(vol["files"], manifest_bytes), synced_dirs=synced)
         signature_path = os.path.join(vol_dir, SIGNATURE)
         if signing_key is not None:
             # The signature before the manifest: a crash between them leaves a set that does not verify.
-            changed |= write_atomic(signature_path, _signature_for(signature_path, manifest_bytes, signing_key))
+            changed |= write_atomic(signature_path, _signature_for(signature_path, manifest_bytes, signing_key), synced_dirs=synced)
         elif os.path.lexists(signature_path):
             _discard(signature_path)
             changed = True
+        for directory in sorted(synced):
+            _files.fsync_dir(directory)
+        synced.clear()
+        # bundle.json last, durably: a volume with a manifest has every file it lists.
         changed |= write_atomic(os.path.join(vol_dir, MANIFEST), manifest_bytes)
         changed |= _prune(vol_dir, set(f["path"] for f in vol["files"]) | {MANIFEST, SUMS, SIGNATURE})
     result.update({
@@ -1431,8 +1441,11 @@ def unpack(sources, store, parallel=4, check_mode=False, trusted_keys=None, allo
     if corrupt:
         raise BundleError("Bundle %s holds corrupt file(s), not unpacked: %s." % (manifest["bundle_id"], ", ".join(sorted(corrupt))),
                           corrupt=sorted(corrupt))
+    synced = set()
     for directory, name, data in layouts:
-        write_atomic(os.path.join(directory, name), data)
+        write_atomic(os.path.join(directory, name), data, synced_dirs=synced)
+    for directory in sorted(synced):
+        _files.fsync_dir(directory)
     # store.json last, and only once every blob it lists is in place; merged again under the
     # store's lock, in case another writer (image_download) updated it meanwhile.
     with lock:

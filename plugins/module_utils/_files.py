@@ -59,12 +59,13 @@ def same_content(path, data):
         return False
 
 
-def write_file(path, data, mode=None, move=None, prefix=None):
+def write_file(path, data, mode=None, move=None, prefix=None, synced_dirs=None):
     """Write ``data`` (bytes) to ``path`` atomically and durably.
 
     ``mode`` is applied to the temporary file before the rename. ``move(temp, path)`` replaces
     the rename (``AnsibleModule.atomic_move``); it may raise or exit, the temporary file is
-    removed all the same.
+    removed all the same. With ``synced_dirs`` (a set), the directory is added to it instead of
+    being fsynced now: a caller writing many files fsyncs each directory once, at the end.
     """
     directory = os.path.dirname(os.path.abspath(path))
     fd, temp = tempfile.mkstemp(dir=directory, prefix=prefix or ".%s." % os.path.basename(path)[:32], suffix=TEMP_SUFFIX)
@@ -80,7 +81,10 @@ def write_file(path, data, mode=None, move=None, prefix=None):
         else:
             move(temp, path)
         temp = None
-        fsync_dir(directory)
+        if synced_dirs is None:
+            fsync_dir(directory)
+        else:
+            synced_dirs.add(directory)
     finally:
         if temp is not None:
             discard(temp)
