@@ -1003,6 +1003,10 @@ def parse_manifest(data, what):
 
 def _validate_manifest(manifest, what):
     field = _strict.field
+    # Keys whose value may be null must still be present: the bundle_id covers them.
+    for key in ("release", "base", "volume_size"):
+        if key not in manifest:
+            raise BundleError("The bundle manifest %s lacks the key %r." % (what, key))
     field(manifest, "bundle_id", "digest", what)
     count = field(manifest, "volume_count", "integer", what)
     if not 1 <= count <= MAX_VOLUMES:

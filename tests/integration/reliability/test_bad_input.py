@@ -137,6 +137,13 @@ class Context:
             handle.write(bytes([byte[0] ^ 0xFF]))
         self.corrupt_file = os.path.relpath(biggest, self.corrupt_media)
 
+        # A passphrase-protected signing key, and a public key file that is not a key.
+        from ansible_collections.airgap.microshift.plugins.module_utils import _signing  # pylint: disable=import-outside-toplevel
+        self.locked_key = self.path("locked.key")
+        with open(self.locked_key, "wb") as handle:
+            handle.write(_signing.private_key_pem(_signing.generate_private_key(), "the-right-passphrase"))
+        self.not_a_key = self.write("not-a-key.pub", "this is not a PEM public key\n")
+
     def path(self, name):
         return os.path.join(self.root, name)
 
@@ -308,6 +315,19 @@ CASES = {
     "unpack-bundle-from-another-release": lambda c, o: dict(
         play=_module("image_bundle", c.bed.sign({"state": "unpack", "src": [c.mixed_media], "store": o}), hosts="airgapped"),
         expect=["bundle"], absent=[o], unchanged=[c.mixed_media]),
+    "pack-signing-key-wrong-passphrase": lambda c, o: dict(
+        play=_module("image_bundle", {"state": "pack", "store": c.ref["store"], "dest": o, "signing_key": c.locked_key,
+                                      "signing_key_passphrase": "n0t-the-r1ght-0ne"}),
+        expect=[c.locked_key, "passphrase"], absent=[o]),
+    "pack-without-signing-key": lambda c, o: dict(
+        play=_module("image_bundle", {"state": "pack", "store": c.ref["store"], "dest": o}),
+        expect=["signing_key", "allow_unsigned"], absent=[o]),
+    "verify-trusted-key-not-a-key": lambda c, o: dict(
+        play=_module("image_bundle", {"state": "verify", "src": [c.media_a], "trusted_keys": [c.not_a_key]}, hosts="airgapped"),
+        expect=[c.not_a_key, "PEM"], unchanged=[c.media_a]),
+    "signing-key-missing-directory": lambda c, o: dict(
+        play=_module("signing_key", {"path": os.path.join(o, "keys", "transfer.key")}),
+        expect=[os.path.join(o, "keys")], absent=[o]),
     "unpack-missing-volume": lambda c, o: dict(
         play=_module("image_bundle", c.bed.sign({"state": "unpack", "src": [c.incomplete_media], "store": o}), hosts="airgapped"),
         expect=["vol-001"], absent=[o]),

@@ -27,6 +27,7 @@ import shutil
 import ssl
 import subprocess
 import tarfile
+import tempfile
 import threading
 import time
 import urllib.error
@@ -458,41 +459,33 @@ def synthetic_images(local_registry, tmp_path):
     return SyntheticImages(local_registry, str(tmp_path / "synthetic"), seed="%s-%d" % (tmp_path.name, os.getpid()))
 
 
-# -- the fuzzing count, printed at the end of the session (workers report theirs under xdist) -----
+# -- the fuzzing count, printed at the end of the session ----------------------------------------
+# Tests may run in forked children (ansible-test's ansible_forked) on xdist workers: each example
+# is counted as one line in a file the whole session shares, named in the environment.
 
-_FUZZ_TOTALS = {}
-
-
-def _fuzz_module():
-    for name, module in list(__import__("sys").modules.items()):
-        if name.endswith("test_fuzz_readers") and hasattr(module, "COUNTS"):
-            return module
-    return None
+FUZZ_COUNTS_ENV = "AIRGAP_FUZZ_COUNTS"
 
 
-def _merge_fuzz_counts(counts):
-    for reader, number in counts.items():
-        _FUZZ_TOTALS[reader] = _FUZZ_TOTALS.get(reader, 0) + number
-
-
-def pytest_sessionfinish(session):
-    module = _fuzz_module()
-    if module is not None and hasattr(session.config, "workeroutput"):
-        session.config.workeroutput["fuzz_counts"] = json.dumps(module.COUNTS)
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node, error):  # pylint: disable=unused-argument
-    counts = getattr(node, "workeroutput", {}).get("fuzz_counts")
-    if counts:
-        _merge_fuzz_counts(json.loads(counts))
+def pytest_configure(config):
+    if not hasattr(config, "workerinput") and FUZZ_COUNTS_ENV not in os.environ:
+        fd, path = tempfile.mkstemp(prefix="airgap-fuzz-", suffix=".counts")
+        os.close(fd)
+        os.environ[FUZZ_COUNTS_ENV] = path
+        config.airgap_fuzz_counts = path
 
 
 def pytest_terminal_summary(terminalreporter):
-    module = _fuzz_module()
-    if module is not None and not hasattr(terminalreporter.config, "workeroutput"):
-        _merge_fuzz_counts(module.COUNTS)
-    if _FUZZ_TOTALS:
+    path = getattr(terminalreporter.config, "airgap_fuzz_counts", None)
+    if not path:
+        return
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = [line.strip() for line in handle if line.strip()]
+    finally:
+        os.unlink(path)
+    if lines:
+        totals = {}
+        for reader in lines:
+            totals[reader] = totals.get(reader, 0) + 1
         terminalreporter.write_line("fuzzing of outside data: %d examples over %d readers (%s), no traceback" % (
-            sum(_FUZZ_TOTALS.values()), len(_FUZZ_TOTALS),
-            ", ".join("%s %d" % (reader, number) for reader, number in sorted(_FUZZ_TOTALS.items()))))
+            len(lines), len(totals), ", ".join("%s %d" % (reader, number) for reader, number in sorted(totals.items()))))
