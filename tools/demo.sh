@@ -47,7 +47,8 @@ python -m tests.sandbox up --state-dir "$STATE" --size "${DEMO_SIZE:-default}" -
 # connected host signs with the private half, the bastion trusts the public half. A demo key
 # without passphrase, readable by root only.
 mkdir -p "$DEMO/keys" && chmod 0700 "$DEMO/keys"
-ansible localhost -c local -i localhost, -o -m airgap.microshift.signing_key -a "path=$DEMO/keys/transfer-signing.key" >/dev/null
+ansible localhost -c local -i localhost, -e 'ansible_python_interpreter={{ ansible_playbook_python }}' \
+    -m airgap.microshift.signing_key -a "path=$DEMO/keys/transfer-signing.key" >/dev/null
 
 # Variables for the playbooks, from the sandbox's state. They carry the mirror's password, so
 # they go in a 0600 file passed with -e @file, never on a command line.
