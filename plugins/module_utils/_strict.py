@@ -140,7 +140,7 @@ def open_regular(root, relpath, size=None, what=None, max_size=None):
         if not stat.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) != (before.st_dev, before.st_ino):
             raise OutsideDataError("%s changed while it was opened; it was not read." % shown)
         if size is not None and info.st_size != size:
-            raise OutsideDataError("%s has %d bytes, not the %d its manifest declares." % (shown, info.st_size, size))
+            raise OutsideDataError("%s has %d bytes, not the %d recorded for it." % (shown, info.st_size, size))
         if max_size is not None and info.st_size > max_size:
             raise OutsideDataError("%s has %d bytes, more than the %d such a file may have." % (shown, info.st_size, max_size))
         # Back to blocking reads: O_NONBLOCK only kept a FIFO from blocking the open.

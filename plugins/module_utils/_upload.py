@@ -229,9 +229,10 @@ def load_store(store):
                 raise UploadError("Image %s is not complete in the store: manifest %s is missing from %s." % (image.source, digest, blob_dir))
             # Manifests are pushed as they are: a changed one would land on the mirror under another digest.
             try:
-                data = _store.read_blob(store, digest, size, "manifest %s of image %s" % (digest, image.source))
+                data = _store.read_blob(store, digest, size, _store.blob_path(store, digest))
             except _store.StoreError as exc:
-                raise UploadError("Image %s is corrupt in the store: %s Download it again." % (image.source, exc))
+                raise UploadError("Image %s is corrupt in the store: manifest %s does not match its digest (%s); download it again."
+                                  % (image.source, digest, str(exc).rstrip(".")))
             return _parse(data, "manifest %s of image %s" % (digest, image.source))
 
         walk_manifests(image, read_manifest)

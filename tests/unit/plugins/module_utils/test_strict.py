@@ -37,7 +37,7 @@ def test_open_regular_exact_size(tmp_path):
     (tmp_path / "d" / "f").write_bytes(b"0123456789")
     with _strict.open_regular(str(tmp_path), "d/f", size=10) as handle:
         assert _strict.read_exact(handle, 10, "f") == b"0123456789"
-    with pytest.raises(OutsideDataError, match="has 10 bytes, not the 9"):
+    with pytest.raises(OutsideDataError, match="has 10 bytes, not the 9 recorded"):
         _strict.open_regular(str(tmp_path), "d/f", size=9)
     with pytest.raises(OutsideDataError, match="more than the 5"):
         _strict.read_file(str(tmp_path), "d/f", max_size=5)
