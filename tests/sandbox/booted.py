@@ -47,7 +47,7 @@ GATEWAY = SUBNET + ".1"
 FIRST_HOST = 11
 MAX_HOSTS = 200
 QEMU_MEMORY = os.environ.get("AMSB_QEMU_MEMORY", "1024")
-KINDS = ("ns", "booted", "mixed")
+KINDS = ("ns", "booted", "mixed", "auto")
 SSH_READY_TIMEOUT = {"nspawn": 180, "qemu": 600}
 RELEASE_DIR = "/usr/share/microshift/release"
 
@@ -56,12 +56,20 @@ class BootedError(Exception):
     """Booted hosts cannot be raised."""
 
 
+def resolve_kind(host_kind, qemu_hosts=0, cache_dir=rootfs.DEFAULT_CACHE_DIR):
+    """``(kind, reason)``: ``auto`` becomes ``booted`` when this machine can raise booted hosts, else ``ns``."""
+    if host_kind != "auto":
+        return host_kind, ""
+    ok, reason = rootfs.support(need_qemu=bool(qemu_hosts), cache_dir=cache_dir)
+    return ("booted", "") if ok else ("ns", reason)
+
+
 def plan(names, host_kind="ns", qemu_hosts=0):
     """``{host: "ns" | "nspawn" | "qemu"}``: every host booted, none, or the first half (``mixed``).
 
     The last ``qemu_hosts`` of the booted hosts are QEMU guests, the others nspawn machines.
     """
-    if host_kind not in KINDS:
+    if host_kind not in KINDS or host_kind == "auto":
         raise BootedError("host kind %r is not one of %s" % (host_kind, ", ".join(KINDS)))
     names = list(names)
     if host_kind == "ns":
@@ -117,6 +125,11 @@ def inventory_vars(state, node):
         "ansible_ssh_private_key_file": state["booted"]["ssh_key"],
         "ansible_ssh_common_args": " ".join(shlex.quote(o) if " " in o else o for o in ssh_options(state, for_ansible=True)),
         "ansible_python_interpreter": "/usr/bin/python3",
+        # As users run SSH (a master connection kept open, pipelining), with the control sockets in
+        # this sandbox: the hosts' addresses repeat from one sandbox to the next.
+        "ansible_ssh_args": "-C -o ControlMaster=auto -o ControlPersist=60s",
+        "ansible_control_path_dir": os.path.join(os.path.dirname(state["booted"]["ssh_key"]), "cp"),
+        "ansible_pipelining": True,
         "sandbox_site": "gap",
         "sandbox_host_kind": info["kind"],
     }
@@ -285,7 +298,9 @@ class BootedHosts:
             ns.run(["ip", "-n", gap, "tuntap", "add", "dev", tap, "mode", "tap"])
             ns.run(["ip", "-n", gap, "link", "set", tap, "master", BRIDGE, "up"])
             mac = "52:54:00:21:%02x:%02x" % (index // 256, index % 256)
-            cmdline = ("root=/dev/vda rw console=ttyS0 panic=-1 net.ifnames=0 systemd.hostname=%s systemd.machine_id=%s"
+            # quiet: an emulated serial console is slow, yet "reboot: Restarting system" still shows.
+            cmdline = ("root=/dev/vda rw console=ttyS0 panic=-1 net.ifnames=0 quiet systemd.show_status=error"
+                       " systemd.hostname=%s systemd.machine_id=%s"
                        % (host, machine_id.hex))
             argv = ns.enter_argv(net=ns.netns_path(gap)) + [
                 "qemu-system-x86_64", "-name", host, "-accel", "tcg", "-cpu", "max", "-m", QEMU_MEMORY, "-smp", "1",

@@ -76,7 +76,8 @@ CUSTOMIZE_HOOKS = (
     'install -m 0644 {files}/journald.conf "$1/etc/systemd/journald.conf.d/amsb.conf"',
     'chroot "$1" systemctl enable systemd-networkd.service amsb-seed.service',
     'chroot "$1" systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_reap.service e2scrub_all.timer'
-    ' fstrim.timer getty.target systemd-networkd-wait-online.service',
+    ' fstrim.timer getty.target systemd-networkd-wait-online.service dpkg-db-backup.timer netavark-dhcp-proxy.socket'
+    ' systemd-binfmt.service proc-sys-fs-binfmt_misc.automount',
     'passwd --root "$1" -l root',
 )
 

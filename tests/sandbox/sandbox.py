@@ -149,8 +149,8 @@ class Sandbox:
                 raise SandboxError("the state dir %s must not be under %s (the nodes overlay it)" % (self.state_dir, top))
         self.size = size
         self.hosts = ["microshift-%d" % (i + 1) for i in range(int(hosts))]
-        self.kinds = booted_hosts.plan(self.hosts, host_kind, qemu_hosts)
-        self.host_kind = host_kind
+        self.host_kind, self.host_kind_reason = booted_hosts.resolve_kind(host_kind, qemu_hosts, rootfs_cache)
+        self.kinds = booted_hosts.plan(self.hosts, self.host_kind, qemu_hosts if self.host_kind != "ns" else 0)
         self.ostree_hosts = list(ostree_hosts or ())
         self.rootfs_cache = rootfs_cache
         self.version = version
@@ -183,6 +183,8 @@ class Sandbox:
         t0 = time.monotonic()
         timings = {}
         self._cleanup_previous()
+        if self.host_kind_reason:
+            self._log("booted hosts are not possible here (%s): raising namespace hosts instead" % self.host_kind_reason)
         os.makedirs(self.state_dir, exist_ok=True)
         self._install_handlers()
         try:
@@ -226,7 +228,7 @@ class Sandbox:
             state["status"] = "up"
             state["timings"] = {k: round(v, 3) for k, v in timings.items()}
             _write_json(self._path(STATE_FILE), state)
-            self._log("sandbox %s up in %.1fs" % (self.sid, timings["verified"]))
+            self._log("sandbox %s up in %.1fs" % (self.sid, max(timings.values())))
             return state
         except BaseException:
             self.down()
@@ -413,6 +415,8 @@ class Sandbox:
             "namespaces": {k: {"name": v, "path": ns.netns_path(v)} for k, v in self.netns.items()},
             "namespace_dir": self.nsdir,
             "hosts": list(self.hosts),
+            "host_kind": self.host_kind,
+            "host_kind_reason": self.host_kind_reason,
             "host_kinds": dict(self.kinds),
             "booted_hosts": [h for h in self.hosts if self.kinds[h] != "ns"],
             "booted": None,
