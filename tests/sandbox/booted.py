@@ -47,6 +47,7 @@ GATEWAY = SUBNET + ".1"
 FIRST_HOST = 11
 MAX_HOSTS = 200
 QEMU_MEMORY = os.environ.get("AMSB_QEMU_MEMORY", "1024")
+QEMU_CPU = os.environ.get("AMSB_QEMU_CPU", "max")
 KINDS = ("ns", "booted", "mixed", "auto")
 SSH_READY_TIMEOUT = {"nspawn": 180, "qemu": 600}
 RELEASE_DIR = "/usr/share/microshift/release"
@@ -197,7 +198,7 @@ class BootedHosts:
         gap = self.sb.netns["gap"]
         self.state["booted"] = {
             "rootfs": {k: entry[k] for k in ("dir", "tree", "hash", "seconds", "bytes", "kernel_version")},
-            "rootfs_built_now": timings["rootfs"] > 5, "disk_image": image, "gap_netns": gap, "bridge": BRIDGE,
+            "rootfs_built_now": entry["built_now"], "disk_image": image, "gap_netns": gap, "bridge": BRIDGE,
             "gateway": GATEWAY, "subnet": "%s.0/%d" % (SUBNET, PREFIX_LEN), "ssh_key": key,
             "known_hosts": os.path.join(adir, "known_hosts"), "events": os.path.join(self.dir, "events.jsonl"),
             "supervisor": None, "timings": timings, "ostree_hosts": sorted(self.ostree_hosts),
@@ -303,7 +304,7 @@ class BootedHosts:
                        " systemd.hostname=%s systemd.machine_id=%s"
                        % (host, machine_id.hex))
             argv = ns.enter_argv(net=ns.netns_path(gap)) + [
-                "qemu-system-x86_64", "-name", host, "-accel", "tcg", "-cpu", "max", "-m", QEMU_MEMORY, "-smp", "1",
+                "qemu-system-x86_64", "-name", host, "-accel", "tcg", "-cpu", QEMU_CPU, "-m", QEMU_MEMORY, "-smp", "1",
                 "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
                 "-kernel", entry["kernel"], "-initrd", entry["initrd"], "-append", cmdline,
                 "-drive", "file=%s,if=virtio,format=qcow2,cache=unsafe" % disk,

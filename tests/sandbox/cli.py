@@ -178,6 +178,7 @@ def cmd_rootfs(args):
     entry = rootfs.ensure_rootfs(args.rootfs_cache, _log)
     out = {k: entry[k] for k in ("hash", "dir", "tree", "kernel", "initrd", "bytes", "kernel_version")}
     out["build_seconds"] = entry["seconds"]
+    out["built_now"] = entry["built_now"]
     if args.disk:
         out["disk_image"] = rootfs.ensure_disk_image(entry, _log)
     out["seconds"] = round(time.monotonic() - t0, 2)

@@ -192,16 +192,21 @@ def _du(path):
 
 
 def ensure_rootfs(cache_dir=DEFAULT_CACHE_DIR, log=None):
-    """The cache entry of the current recipe, built when missing: a dict (dir, tree, kernel, initrd, ...)."""
+    """The cache entry of the current recipe, built when missing: a dict (dir, tree, kernel, initrd, ...).
+
+    ``built_now`` tells whether this call built it (``seconds`` is the build's time, whoever built it).
+    """
     log = log or (lambda msg: None)
     key = recipe_hash()
     path = os.path.join(cache_dir, key)
+    built = False
     with _lock(cache_dir, key):
         if not os.path.exists(os.path.join(path, "complete")):
             _build(cache_dir, key, path, log)
+            built = True
         with open(os.path.join(path, "build.json"), encoding="utf-8") as f:
             info = json.load(f)
-    info.update({"dir": path, "tree": os.path.join(path, "rootfs"), "kernel": os.path.join(path, "vmlinuz"),
+    info.update({"built_now": built, "dir": path, "tree": os.path.join(path, "rootfs"), "kernel": os.path.join(path, "vmlinuz"),
                  "initrd": os.path.join(path, "initrd.img"), "hash": key})
     return info
 
