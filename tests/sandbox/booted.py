@@ -131,6 +131,8 @@ def inventory_vars(state, node):
         "ansible_ssh_args": "-C -o ControlMaster=auto -o ControlPersist=60s",
         "ansible_control_path_dir": os.path.join(os.path.dirname(state["booted"]["ssh_key"]), "cp"),
         "ansible_pipelining": True,
+        # A new master connection can fail once on a loaded machine: try again, as a site would.
+        "ansible_ssh_retries": 3,
         "sandbox_site": "gap",
         "sandbox_host_kind": info["kind"],
     }
