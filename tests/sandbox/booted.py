@@ -228,8 +228,9 @@ class BootedHosts:
         addr = address(index)
         files = {
             "/etc/hostname": (("%s\n" % host).encode(), 0o644),
-            "/etc/hosts": (("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t%s\n%s\t%s\n"
-                            % (host, GATEWAY, self.state["mirror"]["host"])).encode(), 0o644),
+            "/etc/hosts": (("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t%s\n%s"
+                            % (host, "%s\t%s\n" % (GATEWAY, self.state["mirror"]["host"]) if self.state["booted_mirror"] else "")).encode(),
+                           0o644),
             # No resolver: names not in /etc/hosts fail at once.
             "/etc/resolv.conf": (b"nameserver 127.0.0.1\noptions timeout:1 attempts:1\n", 0o644),
             "/etc/systemd/network/10-amsb.network": (("[Match]\nName=eth0\n\n[Network]\nAddress=%s/%d\nLinkLocalAddressing=no\n"

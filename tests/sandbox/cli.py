@@ -37,7 +37,8 @@ def cmd_up(args):
     ostree = [h for h in (args.ostree_hosts or "").split(",") if h]
     sb = Sandbox(_state_dir(args), size=args.size, hosts=args.hosts, version=args.version, seed=args.seed, ref_mode=args.ref_mode,
                  cache_dir=args.cache_dir, wan=wan, python=args.python, log=_log, host_kind=args.host_kind,
-                 qemu_hosts=args.qemu_hosts, ostree_hosts=ostree, rootfs_cache=args.rootfs_cache)
+                 qemu_hosts=args.qemu_hosts, ostree_hosts=ostree, rootfs_cache=args.rootfs_cache,
+                 booted_mirror=not args.booted_without_mirror)
     t0 = time.monotonic()
     state = sb.up()
     sb.detach()
@@ -211,6 +212,8 @@ def build_parser():
     p.add_argument("--qemu-hosts", type=int, default=0, help="how many of the booted hosts are QEMU guests (the last ones)")
     p.add_argument("--ostree-hosts", default="", help="booted hosts that carry the rpm-ostree marker /run/ostree-booted (comma-separated)")
     p.add_argument("--rootfs-cache", default=rootfs.DEFAULT_CACHE_DIR, help="cache of the booted hosts' root file system")
+    p.add_argument("--booted-without-mirror", action="store_true",
+                   help="booted hosts cannot reach the mirror registry (a site with no registry; SSH still works)")
     p.add_argument("--python", default=None, help="ansible_python_interpreter for the nodes (default: this Python)")
     p.add_argument("--wan", action="store_true", help="put the WAN proxy between the connected host and the internet")
     p.add_argument("--wan-bandwidth", help="e.g. 200mbit, 25MB (bytes/s without unit)")

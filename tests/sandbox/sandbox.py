@@ -137,12 +137,14 @@ class Sandbox:
     ``host_kind``: ``ns`` (namespace hosts, the default), ``booted`` (every host a real systemd
     machine reached over SSH) or ``mixed`` (the first half booted); ``qemu_hosts``: how many of the
     booted hosts are QEMU guests rather than nspawn machines; ``ostree_hosts``: booted hosts that
-    carry the rpm-ostree marker ``/run/ostree-booted``. See tests/README.md, "Host kinds".
+    carry the rpm-ostree marker ``/run/ostree-booted``; ``booted_mirror=False`` keeps the mirror off
+    the booted hosts' network (they still answer SSH: a site with no registry in reach). See
+    tests/README.md, "Host kinds".
     """
 
     def __init__(self, state_dir, size="tiny", hosts=2, version=releases.DEFAULT_VERSION, seed=releases.DEFAULT_SEED,
                  ref_mode="index", cache_dir=releases.DEFAULT_CACHE_DIR, wan=None, python=None, log=None,
-                 host_kind="ns", qemu_hosts=0, ostree_hosts=(), rootfs_cache=rootfs.DEFAULT_CACHE_DIR):
+                 host_kind="ns", qemu_hosts=0, ostree_hosts=(), rootfs_cache=rootfs.DEFAULT_CACHE_DIR, booted_mirror=True):
         self.state_dir = os.path.realpath(state_dir)
         for top in NODE_OVERLAYS:
             if self.state_dir == top or self.state_dir.startswith(top + "/"):
@@ -153,6 +155,7 @@ class Sandbox:
         self.kinds = booted_hosts.plan(self.hosts, self.host_kind, qemu_hosts if self.host_kind != "ns" else 0)
         self.ostree_hosts = list(ostree_hosts or ())
         self.rootfs_cache = rootfs_cache
+        self.booted_mirror = bool(booted_mirror)
         self.version = version
         self.seed = seed
         self.ref_mode = ref_mode
@@ -420,6 +423,7 @@ class Sandbox:
             "host_kinds": dict(self.kinds),
             "booted_hosts": [h for h in self.hosts if self.kinds[h] != "ns"],
             "booted": None,
+            "booted_mirror": self.booted_mirror and any(k != "ns" for k in self.kinds.values()),
             "nodes": {},
             "registries": {},
             "mirror": {},
@@ -499,7 +503,7 @@ class Sandbox:
         os.makedirs(m["storage"], exist_ok=True)
         # With booted hosts the mirror also listens on the air-gapped bridge (every address of the
         # gap namespace: its loopback and the bridge, nothing else exists there).
-        cfg = _registry_config("0.0.0.0" if state["booted_hosts"] else MIRROR_ADDR, MIRROR_PORT, MIRROR_HOST, m["storage"], m["cert"], m["key"], m["htpasswd"], False)
+        cfg = _registry_config("0.0.0.0" if state["booted_mirror"] else MIRROR_ADDR, MIRROR_PORT, MIRROR_HOST, m["storage"], m["cert"], m["key"], m["htpasswd"], False)
         path = self._path("gap", "mirror.yml")
         _write_json(path, cfg, 0o600)
         m["config"] = path

@@ -123,3 +123,22 @@ def test_reboot_gives_a_new_boot_and_keeps_the_host_files(booted_bed):
     assert [e["event"] for e in booted.events(sb.state)].count("start") == 2
     # The machine's own /etc never sees a host's files.
     assert not os.path.exists("/etc/amsb-reboot-test")
+
+
+def test_booted_hosts_without_a_mirror_in_reach(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("the test bed needs root")
+    ok, reason = rootfs.support()
+    if not ok:
+        pytest.skip("booted hosts are not possible here: %s" % reason)
+    sb = Sandbox(str(tmp_path), size="tiny", hosts=1, host_kind="booted", booted_mirror=False)
+    try:
+        sb.up()
+        probe = "import socket,sys\ntry:\n socket.create_connection((sys.argv[1], int(sys.argv[2])), 3).close(); print('open')\nexcept OSError as e: print(e)\n"
+        assert _on(sb, ["python3", "-c", probe, booted.GATEWAY, "8443"]).stdout.strip() != "open"
+        assert _on(sb, ["getent", "hosts", "mirror.airgap.test"], check=False).returncode != 0
+        # The namespace side still has its mirror.
+        assert sb.run("airgap-bastion", ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", sb.state["mirror"]["url"] + "/v2/"]).stdout == "401"
+    finally:
+        sb.down()
+    assert not any(ns.leftovers(sb.sid).values())
