@@ -390,4 +390,3 @@ def events(state):
         return []
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
-

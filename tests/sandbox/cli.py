@@ -69,8 +69,8 @@ def _print_summary(state):
                                           for n, i in state["nodes"].items()))
     if state.get("booted"):
         b = state["booted"]
-        print("  booted hosts %s (root file system %s, %s)" % (", ".join("%s %s" % (h, state["nodes"][h]["address"]) for h in state["booted_hosts"]),
-                                                           b["rootfs"]["hash"], b["rootfs"]["dir"]))
+        hosts = ", ".join("%s %s" % (h, state["nodes"][h]["address"]) for h in state["booted_hosts"])
+        print("  booted hosts %s (root file system %s, %s)" % (hosts, b["rootfs"]["hash"], b["rootfs"]["dir"]))
         print("  ssh          %s" % " ".join(booted_hosts.ssh_argv(state, state["booted_hosts"][0])))
     if state.get("wan"):
         print("  WAN proxy    %s %s" % (state["wan"]["mode"], json.dumps(state["wan"]["settings"])))

@@ -224,7 +224,8 @@ class Sandbox:
             if booted is not None:
                 ready = booted.wait_ready()
                 timings["booted_ready"] = time.monotonic() - t0
-                self._log("booted hosts answer SSH (seconds from start): %s" % ", ".join("%s %.1f" % kv for kv in sorted(ready.items())))
+                self._log("booted hosts answer SSH (seconds from start): %s"
+                          % ", ".join("%s %.1f" % kv for kv in sorted(ready.items())))
             if state.get("wan") and self._wan_faults:
                 reply = wanproxy.control(state["wan"]["control_socket"], {"cmd": "set", "settings": self._wan_faults})
                 state["wan"]["settings"] = reply["settings"]

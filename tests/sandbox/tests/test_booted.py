@@ -110,7 +110,7 @@ def test_reboot_gives_a_new_boot_and_keeps_the_host_files(booted_bed):
     _on(sb, ["sh", "-c", "echo kept > /etc/amsb-reboot-test"])
     before = _on(sb, ["cat", "/proc/sys/kernel/random/boot_id"]).stdout.strip()
     _on(sb, ["systemctl", "reboot"], check=False)
-    for _ in range(240):
+    for unused in range(240):
         proc = _on(sb, ["cat", "/proc/sys/kernel/random/boot_id"], check=False)
         if proc.returncode == 0 and proc.stdout.strip() not in ("", before):
             break
