@@ -504,7 +504,8 @@ class Sandbox:
         os.makedirs(m["storage"], exist_ok=True)
         # With booted hosts the mirror also listens on the air-gapped bridge (every address of the
         # gap namespace: its loopback and the bridge, nothing else exists there).
-        cfg = _registry_config("0.0.0.0" if state["booted_mirror"] else MIRROR_ADDR, MIRROR_PORT, MIRROR_HOST, m["storage"], m["cert"], m["key"], m["htpasswd"], False)
+        listen = "0.0.0.0" if state["booted_mirror"] else MIRROR_ADDR
+        cfg = _registry_config(listen, MIRROR_PORT, MIRROR_HOST, m["storage"], m["cert"], m["key"], m["htpasswd"], False)
         path = self._path("gap", "mirror.yml")
         _write_json(path, cfg, 0o600)
         m["config"] = path
