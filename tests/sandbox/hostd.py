@@ -39,6 +39,7 @@ class Supervisor:
         self.hosts = {h["name"]: h for h in config["hosts"]}
         self.procs = {}  # pid -> (name, started)
         self.stopping = False
+        self.waiting = False
         self.events = config["events"]
 
     def record(self, **event):
@@ -83,7 +84,8 @@ class Supervisor:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        raise _Wake()
+        if self.waiting:
+            raise _Wake()
 
     def run(self):
         signal.signal(signal.SIGTERM, self.stop)
@@ -109,7 +111,11 @@ class Supervisor:
                         time.sleep(0.1)
                         continue
                 else:
-                    pid, status = os.waitpid(-1, 0)
+                    self.waiting = True
+                    try:
+                        pid, status = os.waitpid(-1, 0)
+                    finally:
+                        self.waiting = False
             except ChildProcessError:
                 break
             except _Wake:
