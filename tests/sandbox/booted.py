@@ -318,6 +318,8 @@ class BootedHosts:
             info.update({"disk": disk, "seed": seed_img, "tap": tap})
             reboot_codes = [0]
         config = {"name": host, "kind": kind, "argv": argv, "console": console, "reboot_codes": reboot_codes}
+        if kind == "nspawn":
+            config["netns"] = info["net"]
         if kind == "qemu":
             config["reboot_marker"] = "reboot: Restarting system"
         return info, public.decode().strip().split(" ", 2)[0] + " " + public.decode().strip().split(" ", 2)[1], config

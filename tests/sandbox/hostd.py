@@ -10,8 +10,9 @@ QEMU runs with ``-no-reboot -no-shutdown``, so it exits (0) only when the guest 
 exit leaves that host down. QEMU's ``-no-reboot`` makes it exit on a reboot and on a power-off
 alike (with ``-no-shutdown`` a reboot would pause it), so a QEMU exit is a reboot when the guest's
 kernel said so last on its console (``reboot: Restarting system``). Every start and exit is appended to ``events.jsonl`` (host, pid, rc,
-time). SIGTERM stops every machine (nspawn powers its container off, QEMU ends at once), waits a
-bounded time, kills what is left, and exits.
+time). SIGTERM stops every machine at once: the init of each nspawn container is killed (the
+whole container goes with it, then nspawn exits; a killed nspawn would leave its container
+running), QEMU gets SIGTERM; what is left after a bounded wait is killed, and the supervisor exits.
 """
 
 from __future__ import annotations
@@ -75,11 +76,39 @@ class Supervisor:
         except OSError:
             return False
 
+    @staticmethod
+    def _container_inits(netns):
+        """PIDs of the processes in network namespace ``netns`` that are PID 1 of their PID namespace."""
+        try:
+            inode = os.stat(netns).st_ino
+        except OSError:
+            return []
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                if os.stat("/proc/%s/ns/net" % entry).st_ino != inode:
+                    continue
+                with open("/proc/%s/status" % entry, encoding="ascii", errors="replace") as f:
+                    nspid = [line.split()[1:] for line in f if line.startswith("NSpid:")]
+            except OSError:
+                continue
+            if nspid and len(nspid[0]) > 1 and nspid[0][-1] == "1":
+                found.append(int(entry))
+        return found
+
     def stop(self, *_args):
         if self.stopping:
             return
         self.stopping = True
-        for pid in list(self.procs):
+        for pid, (name, _started) in list(self.procs.items()):
+            host = self.hosts[name]
+            for init in self._container_inits(host["netns"]) if host.get("netns") else []:
+                try:
+                    os.kill(init, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
