@@ -32,10 +32,21 @@ description:
     new blobs), then the image is recorded in C(store.json), written atomically under a lock.
   - Docker schema 2 images keep their original manifests and digests (the layout references the
     docker media types), so an upload with C(--preserve-digests) reproduces the source digests.
+  - With O(signatures=true), the sigstore signatures of every manifest (the index and each
+    per-architecture manifest) are fetched from the source registry with the image. They are the
+    attachments a registry keeps under the tag C(sha256-<hex>.sig) next to the image; an absent
+    tag means the manifest is unsigned. They are stored as ordinary blobs of the store, so
+    transfer sets carry them and M(airgap.microshift.image_upload) pushes them to the mirror.
+  - With O(signature_scopes), images under those scopes must be signed by one of O(signature_keys):
+    the signature of each per-architecture manifest (the one a host pulls and its policy checks)
+    must verify, name that manifest's digest and the image's repository, and a signed index must
+    verify too. The check runs in Python before any layer is copied (no sigstore-enabled skopeo is
+    needed), and a refused image fails, naming the image and the reason.
 author:
   - airgap.microshift contributors (@airgap-microshift)
 requirements:
   - skopeo (1.9 or later) on the host that runs the module
+  - the Python package cryptography on that host when O(signature_scopes) is set
 extends_documentation_fragment:
   - airgap.microshift.attributes
 attributes:
@@ -125,6 +136,42 @@ options:
   skopeo_path:
     description: Path of the skopeo binary. By default skopeo is looked up in the C(PATH).
     type: path
+  signatures:
+    description:
+      - Fetch the sigstore signatures (attachments) of every manifest into the store.
+      - An image stored before its signatures were looked up has them fetched on the next run
+        (its layers are not fetched again).
+    type: bool
+    default: true
+    version_added: 0.1.0
+  signature_scopes:
+    description:
+      - Registry scopes whose images must be signed by one of O(signature_keys), as in
+        containers-policy.json(5) (C(quay.io/openshift-release-dev), C(registry.redhat.io)): a
+        registry, a repository namespace or a repository.
+      - An image under such a scope whose signature is missing or does not verify fails, naming
+        the reason; with O(keep_going=false) it stops the download like any failure.
+    type: list
+    elements: str
+    default: []
+    version_added: 0.1.0
+  signature_exceptions:
+    description:
+      - Scopes under O(signature_scopes) whose images may be unsigned (a repository a vendor does
+        not sign). The most specific of O(signature_scopes) and O(signature_exceptions) decides.
+    type: list
+    elements: str
+    default: []
+    version_added: 0.1.0
+  signature_keys:
+    description:
+      - Public key files (PEM C(PUBLIC KEY): RSA, ECDSA or Ed25519) on the host that runs the
+        module, any of which may have made the signatures required by O(signature_scopes), such as
+        Red Hat's release key 3.
+    type: list
+    elements: path
+    default: []
+    version_added: 0.1.0
 notes:
   - Secrets never appear on a command line; credentials are read by skopeo from O(authfile).
 seealso:
@@ -146,6 +193,17 @@ EXAMPLES = r"""
 - name: Show what was fetched
   ansible.builtin.debug:
     msg: "{{ download.summary }}"
+
+- name: Download the release, requiring Red Hat's signatures where Red Hat signs
+  airgap.microshift.image_download:
+    images: "{{ release_images }}"
+    store: /srv/microshift-images
+    authfile: /root/.config/containers/auth.json
+    signature_scopes:
+      - quay.io/openshift-release-dev
+      - registry.redhat.io
+    signature_keys:
+      - /etc/containers/RedHat_ReleaseKey3.pub
 
 - name: Plan only (how many bytes are still missing)
   airgap.microshift.image_download:
@@ -200,6 +258,13 @@ images:
       description: Why the image failed, naming the image and the cause; null otherwise.
       type: str
       sample: "quay.io/example/app:1.0: manifest unknown: the image, tag or digest does not exist in the registry"
+    signatures:
+      description:
+        - The image's manifests that are signed and unsigned, and how many signatures were verified
+          (only under O(signature_scopes)); null when signatures are not fetched.
+      type: dict
+      sample: {signed: 3, unsigned: 0, verified: 2}
+      version_added: 0.1.0
 summary:
   description: Totals of the run.
   returned: always
@@ -215,6 +280,7 @@ summary:
     duration: 48.2
     throughput: 15228282
     retries: 1
+    signatures: {signed: 36, unsigned: 3, verified: 24, bytes: 61440, seconds: 0.8, images_refused: 0}
 plan:
   description:
     - The download plan. Images to fetch, skipped and failed at planning, logical and unique bytes,
@@ -244,7 +310,10 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.airgap.microshift.plugins.module_utils import _download as download
+from ansible_collections.airgap.microshift.plugins.module_utils import _signing
 from ansible_collections.airgap.microshift.plugins.module_utils import _store as store_mod
+from ansible_collections.airgap.microshift.plugins.module_utils._containers_policy import scope_problem
+from ansible_collections.airgap.microshift.plugins.module_utils._registry import RegistrySource
 from ansible_collections.airgap.microshift.plugins.module_utils._progress import ProgressFile
 from ansible_collections.airgap.microshift.plugins.module_utils._reference import InvalidReference, parse_reference
 from ansible_collections.airgap.microshift.plugins.module_utils._skopeo import RegistryOptions, Skopeo
@@ -275,6 +344,10 @@ def main():
             free_space_margin=dict(type="int", default=1073741824),
             progress_file=dict(type="path"),
             skopeo_path=dict(type="path"),
+            signatures=dict(type="bool", default=True),
+            signature_scopes=dict(type="list", elements="str", default=[]),
+            signature_exceptions=dict(type="list", elements="str", default=[]),
+            signature_keys=dict(type="list", elements="path", default=[], no_log=False),
         ),
         supports_check_mode=True,
     )
@@ -318,6 +391,7 @@ def main():
         fail("the parent directory of store %s does not exist" % store)
     if not params["tls_verify"]:
         module.warn("tls_verify is false: registry certificates are not verified; use this only with a test registry")
+    signature_options = _signature_options(params, fail)
 
     binary = params["skopeo_path"]
     if binary:
@@ -332,7 +406,7 @@ def main():
     skopeo = Skopeo(binary, retries=params["retries"], retry_delay=params["retry_delay"])
     options = download.DownloadOptions(store, RegistryOptions(params["authfile"], params["tls_verify"], params["cert_dir"]),
                                        parallel=params["parallel"], keep_going=params["keep_going"], verify=params["verify"],
-                                       free_space_margin=params["free_space_margin"])
+                                       free_space_margin=params["free_space_margin"], signatures=signature_options)
 
     def prepare_store():
         # only once the first copy is about to start: a refused plan leaves no store behind
@@ -376,16 +450,23 @@ def main():
     images = []
     for ref in refs:
         if ref in run.results:
-            images.append(run.results[ref])
+            image = dict(run.results[ref])
+            image.pop("signature_refused", None)
         elif ref in run.skipped:
             item = run.index["images"][ref]
-            images.append({"ref": ref, "digest": item["digest"], "status": "skipped", "size": item.get("size", 0), "fetched_bytes": 0,
-                           "attempts": 0, "retries": 0, "layout": item["layout"], "error": None})
+            failure = run.signature_failures.get(ref)
+            image = {"ref": ref, "digest": item["digest"], "status": "failed" if failure else "skipped", "size": item.get("size", 0),
+                     "fetched_bytes": 0, "attempts": 0, "retries": 0, "layout": item["layout"], "error": failure}
         else:
             item = run.plans[ref]
-            images.append({"ref": ref, "digest": item["digest"], "status": "planned", "size": item["size"], "fetched_bytes": 0,
-                           "attempts": 0, "retries": 0, "layout": item["layout"], "error": None})
+            image = {"ref": ref, "digest": item["digest"], "status": "planned", "size": item["size"], "fetched_bytes": 0,
+                     "attempts": 0, "retries": 0, "layout": item["layout"], "error": None}
+        counts = run.signature_counts.get(ref)
+        image["signatures"] = dict((k, counts[k]) for k in ("signed", "unsigned", "verified")) if counts else None
+        images.append(image)
     summary = _summary(images, plan, started, run.plan_retries)
+    if signature_options.fetch:
+        summary["signatures"] = run.summary_signatures()
     changed = summary["images_fetched"] > 0 or (module.check_mode and bool(run.plans))
     failures = [image for image in images if image["status"] == "failed"]
     if run.space_error:
@@ -394,6 +475,32 @@ def main():
         finish(True, "%d of %d image(s) failed: %s" % (len(failures), len(images), "; ".join(i["error"] for i in failures)),
                changed=changed, images=images, summary=summary, plan=plan)
     finish(False, changed=changed, images=images, summary=summary, plan=plan)
+
+
+def _signature_options(params, fail):
+    """The signature settings, checked before anything runs (scopes, exceptions, readable keys)."""
+    scopes, exceptions, key_files = params["signature_scopes"], params["signature_exceptions"], params["signature_keys"]
+    for option, values in (("signature_scopes", scopes), ("signature_exceptions", exceptions)):
+        for scope in values:
+            problem = scope_problem(scope)
+            if problem:
+                fail("%s: %s" % (option, problem))
+    if (scopes or exceptions) and not params["signatures"]:
+        fail("signature_scopes and signature_exceptions need signatures: true (the signatures are fetched to be checked)")
+    if scopes and not key_files:
+        fail("signature_scopes requires signature_keys: the public keys the required signatures are checked with")
+    if exceptions and not scopes:
+        fail("signature_exceptions are exceptions to signature_scopes, which is empty")
+    keys = []
+    if scopes:
+        try:
+            keys = _signing.read_public_keys(key_files, image=True)
+        except _signing.SigningError as exc:
+            fail("signature_keys: %s" % str(exc).rstrip("."))
+    source = None
+    if params["signatures"]:
+        source = RegistrySource(params["authfile"], params["tls_verify"], params["cert_dir"])
+    return download.SignatureOptions(fetch=params["signatures"], scopes=scopes, exceptions=exceptions, keys=keys, source=source)
 
 
 def _summary(images, plan, started, planning_retries):
