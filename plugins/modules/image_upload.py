@@ -36,6 +36,12 @@ description:
     permission and certificate errors fail that image at once.
   - After the pushes, checks that the mirror serves every manifest (the top-level one and each
     architecture's) of every image, and fails naming the ones it does not.
+  - The sigstore signatures a store holds (fetched by M(airgap.microshift.image_download)) land in
+    each image's mirror repository under the tag the containers tools read them from,
+    C(sha256-<hex of the signed manifest>.sig), so a host whose C(registries.d) enables
+    C(use-sigstore-attachments) for the mirror finds them. An attachment the mirror already serves
+    with the same digest is skipped; one with other content is replaced. They are verified after the
+    push like the manifests, and listed in the mapping.
 author:
   - airgap.microshift contributors (@airgap-microshift)
 requirements:
@@ -196,6 +202,8 @@ mapping:
     - One entry per image, in source order.
     - C(status) is V(pushed), V(skipped) (the mirror already served it) or V(failed); in check mode, what would happen.
     - C(tag) is the tag given on the mirror, V(null) when the image was pushed by digest or skipped.
+    - C(signatures), for an image whose store entry holds signatures, lists each attachment with the
+      manifest it signs, where it is on the mirror, its digest and its status (V(pushed), V(skipped), V(failed)).
   returned: success and failure after the images were read
   type: list
   elements: dict
@@ -205,6 +213,11 @@ mapping:
       digest: sha256:0f2d1c2e2bd5c9d6e1e4d0cbbd2b8d8f4b0f6d5d9e2c2a9a0c9c4d9e4f6a1b2c
       tag: mirror-261124073000-1
       status: pushed
+      signatures:
+        - manifest: sha256:0f2d1c2e2bd5c9d6e1e4d0cbbd2b8d8f4b0f6d5d9e2c2a9a0c9c4d9e4f6a1b2c
+          mirror: mirror.example.com:8443/openshift-release-dev/ocp-v4.0-art-dev:sha256-0f2d1c2e2bd5c9d6e1e4d0cbbd2b8d8f4b0f6d5d9e2c2a9a0c9c4d9e4f6a1b2c.sig
+          digest: sha256:5d1e3a3c8b7e3a1c0b5d1e3a3c8b7e3a1c0b5d1e3a3c8b7e3a1c0b5d1e3a3c8b
+          status: pushed
 summary:
   description:
     - Counts of the run. C(bytes) is the size of the blobs skopeo uploaded (mounted and present blobs excluded;
@@ -212,9 +225,11 @@ summary:
     - C(blobs_uploaded) counts blob uploads, C(blobs_reused) blobs found on the mirror or mounted from another repository.
     - C(retries) counts the pushes that were retried after a transient error (connection reset, 429, 5xx) and then went on.
     - C(duration) is in seconds.
+    - C(signatures_pushed), C(signatures_skipped) and C(signatures_failed) count the images' signature attachments.
   returned: success and failure after the images were read
   type: dict
-  sample: {images: 3, pushed: 2, skipped: 1, failed: 0, bytes: 734003200, blobs_uploaded: 14, blobs_reused: 5, retries: 0, duration: 42.7}
+  sample: {images: 3, pushed: 2, skipped: 1, failed: 0, bytes: 734003200, blobs_uploaded: 14, blobs_reused: 5, retries: 0, duration: 42.7,
+           signatures_pushed: 6, signatures_skipped: 3, signatures_failed: 0}
 source_format:
   description: The format that was read, V(store) or V(dir).
   returned: always
@@ -227,7 +242,7 @@ failures:
   elements: str
   sample: ["Pushing quay.io/a/b@sha256:... to mirror.example.com:8443/a/b:mirror-261124073000-1 failed: unauthorized: authentication required"]
 missing_manifests:
-  description: The manifests (C(<repository>@<digest>)) the mirror did not serve after the pushes.
+  description: The manifests (C(<repository>@<digest>)) and signature attachments (C(<repository>:<tag>)) the mirror did not serve after the pushes.
   returned: failure of the final check
   type: list
   elements: str
@@ -342,7 +357,8 @@ def main():
             _write_mapping(module, params["mapping_file"], mapping)
         failures = [image.error for image in sorted(primaries, key=lambda i: i.source) if image.status == "failed" and image.error]
         module.fail_json(msg=msg, mapping=mapping, summary=upload.summary(time.time() - started), failures=failures,
-                         source_format=source_format, changed=any(image.status == "pushed" for image in images), **extra)
+                         source_format=source_format, changed=any(image.status == "pushed" or any(
+                             sig["status"] == "pushed" for sig in image.signatures) for image in images), **extra)
 
     to_push = upload.check_present()
     if upload.stopped:
@@ -353,19 +369,23 @@ def main():
         module.fail_json(msg=to_native(exc))
 
     if module.check_mode:
+        signatures = upload.check_signatures()
+        for image, signature in signatures:
+            signature["status"] = "pushed"
         for image in to_push:
             image.status = "pushed"
         upload.finish()
-        module.exit_json(changed=bool(to_push), mapping=mapping_document(images), summary=planned_summary(images, to_push),
+        module.exit_json(changed=bool(to_push or signatures), mapping=mapping_document(images), summary=planned_summary(images, to_push),
                          source_format=source_format)
 
     upload.push_all(to_push)
-    missing = upload.verify(params["verify"])
+    signatures = upload.check_signatures()
+    upload.push_signatures(signatures)
+    missing = upload.verify(params["verify"]) + upload.verify_signatures(params["verify"])
     failed = [image for image in sorted(primaries, key=lambda i: i.source) if image.status == "failed"]
     if missing:
-        fail("The mirror does not serve %d manifest(s) after the upload: %s." % (
-            len(missing), ", ".join("%s@%s" % (image.repository, digest) for image, digest, dummy in missing)),
-            missing_manifests=["%s@%s" % (image.repository, digest) for image, digest, dummy in missing])
+        shown = ["%s@%s" % (image.repository, digest) if digest.startswith("sha256:") else digest for image, digest, dummy in missing]
+        fail("The mirror does not serve %d manifest(s) after the upload: %s." % (len(missing), ", ".join(shown)), missing_manifests=shown)
     if failed:
         first = failed[0].error
         if len(failed) == 1:
@@ -376,7 +396,8 @@ def main():
     mapping = mapping_document(images)
     if params["mapping_file"]:
         _write_mapping(module, params["mapping_file"], mapping)
-    module.exit_json(changed=bool(to_push), mapping=mapping, summary=upload.summary(time.time() - started), source_format=source_format)
+    module.exit_json(changed=bool(to_push or signatures), mapping=mapping, summary=upload.summary(time.time() - started),
+                     source_format=source_format)
 
 
 if __name__ == "__main__":
