@@ -103,7 +103,7 @@ def _requirement_problems(req, where):
     if not isinstance(req, dict):
         return ["%s must be an object, not %s" % (where, _type_name(req))]
     kind = req.get("type")
-    if kind not in _REQUIREMENT_KEYS:
+    if not isinstance(kind, str) or kind not in _REQUIREMENT_KEYS:
         return ["%s has the type %s, not one of %s" % (where, repr(kind)[:60], ", ".join(sorted(_REQUIREMENT_KEYS)))]
     errors = []
     for key in req:
@@ -258,6 +258,8 @@ def remove(doc, scopes):
     if isinstance(docker, dict):
         for scope in scopes:
             docker.pop(scope, None)
+        if not docker and not (doc.get("transports") or {}).get(DOCKER) == {}:
+            del merged["transports"][DOCKER]     # an empty transport the merge made: gone with its entries
     return merged
 
 

@@ -670,6 +670,9 @@ def merge_host_files(files):
             for number, entry in enumerate(entries):
                 if not isinstance(entry.get("prefix") or entry.get("location"), str):
                     raise RegistriesConfError("[[registry]] #%d has neither a prefix nor a location" % (number + 1), path)
+                for key in ("prefix", "location"):
+                    if key in entry and not isinstance(entry[key], str):
+                        raise RegistriesConfError("[[registry]] #%d: %s must be a string" % (number + 1, key), path)
                 if not isinstance(entry.get("mirror", []), list) or not all(
                         isinstance(m, dict) and isinstance(m.get("location"), str) for m in entry.get("mirror", [])):
                     raise RegistriesConfError("[[registry]] #%d has a [[registry.mirror]] without a location" % (number + 1), path)

@@ -233,7 +233,7 @@ def identity_problem(rule):
     if not isinstance(rule, dict):
         return "signedIdentity must be an object"
     kind = rule.get("type")
-    if kind not in IDENTITY_TYPES:
+    if not isinstance(kind, str) or kind not in IDENTITY_TYPES:
         return "signedIdentity type %s is not one of %s" % (repr(kind)[:60], ", ".join(sorted(IDENTITY_TYPES)))
     wanted = set(("type",) + IDENTITY_TYPES[kind])
     if set(rule) != wanted:
