@@ -58,7 +58,7 @@ class RegistriesConfError(ValueError):
         if isinstance(errors, str):
             errors = [errors]
         self.errors = list(errors)
-        super(RegistriesConfError, self).__init__("%s is invalid: %s" % (what, "; ".join(self.errors)))
+        super().__init__("%s is invalid: %s" % (what, "; ".join(self.errors)))
 
 
 class TomlSubsetError(ValueError):
@@ -385,7 +385,7 @@ def render(data, header=None):
 _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t", "b": "\b", "f": "\f", "r": "\r"}
 
 
-class _Line(object):
+class _Line:
     def __init__(self, text, number):
         self.text = text
         self.pos = 0

@@ -141,7 +141,7 @@ def test_query(capsys):
         ({"query": "images[["}, "is not a valid JMESPath expression"),
         ({"path": ["/nonexistent/release"]}, "/nonexistent/release does not exist"),
         ({"rpm": ["/nonexistent/x.rpm"]}, "/nonexistent/x.rpm does not exist"),
-        ({"dest": "/nonexistent/dir/images.txt"}, "The directory /nonexistent/dir of dest does not exist."),
+        ({"dest": "/nonexistent/dir/images.txt"}, "The directory /nonexistent/dir of dest /nonexistent/dir/images.txt does not exist."),
     ],
 )
 def test_failures(capsys, args, message):
