@@ -452,6 +452,55 @@ def record_image(store, ref, entry):
         return index
 
 
+STORE_MODE = 0o750
+PARENT_MODE = 0o755
+
+
+def creation_problem(store):
+    """Why ``store`` cannot be a store directory, as a clause (``exists and is not a directory``), or None.
+
+    A store that does not exist yet is fine as long as its nearest existing ancestor is a
+    directory: :func:`create` makes the missing ones.
+    """
+    path = os.path.abspath(store)
+    if os.path.lexists(path):
+        return None if os.path.isdir(path) else "exists and is not a directory"
+    probe = os.path.dirname(path)
+    while not os.path.lexists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        return "cannot be created: %s is not a directory" % probe
+    return None
+
+
+def create(store, index=True):
+    """Make the store's directories: missing parents (mode 0755, as ``mkdir -p`` would), the store
+    (0750) and ``blobs/sha256`` and ``images`` in it; with ``index``, an empty ``store.json`` when
+    there is none (an unpack writes its own, last)."""
+    path = os.path.abspath(store)
+    missing = []
+    probe = os.path.dirname(path)
+    while not os.path.isdir(probe):
+        missing.append(probe)
+        probe = os.path.dirname(probe)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, PARENT_MODE)
+        except FileExistsError:
+            pass
+    if not os.path.isdir(path):
+        try:
+            os.mkdir(path, STORE_MODE)
+        except FileExistsError:
+            pass
+    os.makedirs(os.path.join(path, BLOBS_DIR, "sha256"), exist_ok=True)
+    os.makedirs(os.path.join(path, IMAGES_DIR), exist_ok=True)
+    if index and not os.path.lexists(os.path.join(path, STORE_INDEX)):
+        with StoreLock(path):
+            if not os.path.lexists(os.path.join(path, STORE_INDEX)):
+                write_index(path, empty_index())
+
+
 def free_bytes(path):
     """Free bytes for an unprivileged writer on the filesystem of ``path`` (or its nearest existing parent)."""
     probe = os.path.abspath(path)

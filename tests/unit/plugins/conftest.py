@@ -56,7 +56,7 @@ def _run(argv, **kwargs):
     return subprocess.run(argv, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 
-class TokenServer(object):
+class TokenServer:
     """The token service of the distribution token protocol (what Quay and Harbor speak), over TLS.
 
     ``GET /token?service=...&scope=repository:<name>:<actions>`` with the right Basic login gets a
@@ -147,7 +147,7 @@ class TokenServer(object):
         self._httpd.server_close()
 
 
-class LocalRegistry(object):
+class LocalRegistry:
     """A distribution registry with TLS on 127.0.0.1, and htpasswd (Basic) or token logins."""
 
     def __init__(self, work, username="mirror", password="s3cret-Pass", auth="htpasswd"):
@@ -351,7 +351,7 @@ def local_registry(tmp_path_factory):
 
 # ------------------------------------------------------------------------------ images
 
-class SyntheticImages(object):
+class SyntheticImages:
     """Builds OCI images with random layers and pushes them to a registry.
 
     Layers are keyed by name: two images (or two architectures) naming the same key share

@@ -601,6 +601,58 @@ def test_shared_blobs_are_sent_once_with_parallel_pushes(upload_registry, tmp_pa
           % (len(images.refs), logical, unique, sent, len(uploads), mounts))
 
 
+def _corrupt_largest_layer(images, store, ref):
+    """Flip one byte of the image's largest layer in the store (same size): a medium that went bad."""
+    blobs = [blob for manifest in images.store_index["images"][ref]["manifests"] for blob in manifest["blobs"]]
+    layer = max(blobs, key=lambda blob: blob["size"])["digest"]
+    path = os.path.join(store, "blobs", "sha256", layer[7:])
+    with open(path, "r+b") as handle:
+        handle.seek(1000)
+        byte = handle.read(1)
+        handle.seek(1000)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    return layer
+
+
+def test_a_corrupt_blob_names_the_blob_and_why(upload_registry, tmp_path, capsys):
+    images = _image_set(upload_registry, tmp_path, "corrupt")
+    ref, dummy = images.add("only", ["amd64"], [("big", 300000)])
+    store = images.build_store(str(tmp_path / "store"))
+    layer = _corrupt_largest_layer(images, store, ref)
+    failed, result = run_module(capsys, _args(upload_registry, store, retries=2, retry_delay=0.01))
+    assert failed
+    # skopeo's reason survives: which blob, that it does not match its digest, what it hashes to...
+    assert result["msg"].startswith("Pushing %s to " % ref)
+    assert "blob %s does not match its digest (its content hashes to sha256:" % layer in result["msg"]
+    assert "Digest did not match" in result["msg"]
+    # ...while the upload URL's state token is cut away
+    assert "_state" not in result["msg"] and "?" not in result["msg"]
+    assert result["failures"] == [result["msg"]]
+
+
+def test_keep_going_false_names_the_image_that_failed_first(upload_registry, tmp_path, capsys):
+    images = _image_set(upload_registry, tmp_path, "culprit")
+    # Nothing shared: the largest push goes first, so with one push at a time the corrupt image
+    # fails before the small one (whose name sorts first) is ever tried.
+    small, dummy = images.add("aaa", ["amd64"], [("small", 1000)])
+    big, dummy = images.add("zzz", ["amd64"], [("big", 300000)])
+    store = images.build_store(str(tmp_path / "store"))
+    layer = _corrupt_largest_layer(images, store, big)
+    offset = upload_registry.log_size()
+    failed, result = run_module(capsys, _args(upload_registry, store, parallel=1, keep_going=False))
+    assert failed
+    statuses = dict((entry["source"], entry["status"]) for entry in result["mapping"])
+    assert statuses == {small: "not_started", big: "failed"}
+    # The culprit and its own error come first; the image never tried is not called a failure.
+    assert result["msg"].startswith("Pushing %s to " % big)
+    assert layer in result["msg"]
+    assert result["msg"].endswith("1 image(s) were not started (keep_going is false): %s." % small)
+    assert len(result["failures"]) == 1 and result["failures"][0].startswith("Pushing %s to " % big)
+    assert result["summary"]["failed"] == 1 and result["summary"]["not_started"] == 1 and result["summary"]["pushed"] == 0
+    # and it really was never tried
+    assert not [path for method, path in upload_registry.requests_since(offset) if "/aaa/" in path and method != "GET"]
+
+
 def test_bad_options_fail_clearly(upload_registry, tmp_path, capsys):
     failed, result = run_module(capsys, {"store": str(tmp_path), "mirror": "not a host"})
     assert failed and "mirror" in result["msg"]

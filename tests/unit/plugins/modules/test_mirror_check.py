@@ -340,40 +340,6 @@ def test_a_mirror_that_is_down_is_retried_then_reported(capsys, mirror):
 def test_missing_files_are_named(capsys, tmp_path):
     result = run_module(capsys, {"images": [], "authfile": str(tmp_path / "nope.json")})
     assert result["failed"]
-    assert result["msg"] == "The authfile %s does not exist." % (tmp_path / "nope.json")
-
-
-# --------------------------------------------------------------------------- explain()
-
-SANDBOX_X509 = (
-    'time="2026-01-01T00:00:00Z" level=fatal msg="Error parsing image name \\"docker://quay.io/a/b@sha256:%s\\": '
-    '(Mirrors also failed: [mirror.airgap.test:8443/ns/a/b@sha256:%s: pinging container registry mirror.airgap.test:8443: '
-    'Get \\"https://mirror.airgap.test:8443/v2/\\": x509: certificate signed by unknown authority]): quay.io/a/b@sha256:%s: '
-    'pinging container registry quay.io: Get \\"https://quay.io/v2/\\": dial tcp: lookup quay.io on 127.0.0.1:53: '
-    'read udp 127.0.0.1:34520->127.0.0.1:53: read: connection refused"\n' % ("1" * 64, "1" * 64, "1" * 64))
-
-
-def test_explain_reads_the_mirror_error_first():
-    kind, reason = mirror_check.explain(SANDBOX_X509)
-    # The source's "connection refused" must not turn a certificate problem into a retry.
-    assert kind == "permanent"
-    assert reason.startswith("the mirror does not serve it: TLS certificate verification failed (x509)")
-    assert "mirror.airgap.test:8443/ns/a/b@sha256:" in reason
-    assert "the source quay.io failed too" in reason
-
-
-def test_explain_without_a_mirror():
-    stderr = ('time="x" level=fatal msg="Error parsing image name \\"docker://ghcr.io/a/b:v1\\": pinging container registry '
-              'ghcr.io: Get \\"https://ghcr.io/v2/\\": dial tcp: lookup ghcr.io: no such host"')
-    kind, reason = mirror_check.explain(stderr)
-    assert kind == "permanent"
-    assert reason.startswith("no mirror was tried for it")
-    assert "no such host" in reason
-
-
-def test_explain_transient_mirror_error():
-    stderr = ('level=fatal msg="(Mirrors also failed: [m:5000/a/b@sha256:%s: reading manifest: received unexpected HTTP status: '
-              '503 Service Unavailable]): quay.io/a/b@sha256:%s: no such host"' % ("2" * 64, "2" * 64))
-    kind, reason = mirror_check.explain(stderr)
-    assert kind == "transient"
-    assert "registry server error (5xx)" in reason
+    assert result["msg"] == "Option authfile names %s, which does not exist or is not a file." % (tmp_path / "nope.json")
+    result = run_module(capsys, {"images": [], "registries_conf": str(tmp_path / "nope.conf")})
+    assert result["msg"] == "Option registries_conf names %s, which does not exist or is not a file." % (tmp_path / "nope.conf")
