@@ -14,8 +14,8 @@ import pytest
 
 
 from ansible_collections.airgap.microshift.plugins.modules import image_bundle, signing_key
-from ansible_collections.airgap.microshift.tests.unit.plugins.helpers import run_main, warning_texts
-from ansible_collections.airgap.microshift.tests.unit.plugins.module_utils.test_bundle import build_store, store_files, update_store
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.modules import run_main, warning_texts
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.stores import build_store, store_files, update_store
 
 PASSPHRASE = "correct horse battery staple"
 

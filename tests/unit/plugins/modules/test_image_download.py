@@ -17,7 +17,7 @@ import subprocess
 from ansible_collections.airgap.microshift.plugins.module_utils import _progress as progress
 from ansible_collections.airgap.microshift.plugins.module_utils import _store as store_mod
 from ansible_collections.airgap.microshift.plugins.modules import image_download
-from ansible_collections.airgap.microshift.tests.unit.plugins.helpers import run_main
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.modules import run_main
 
 SKOPEO = shutil.which("skopeo")
 

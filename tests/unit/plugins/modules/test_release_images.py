@@ -15,10 +15,9 @@ import pytest
 
 
 from ansible_collections.airgap.microshift.plugins.modules import release_images
-from ansible_collections.airgap.microshift.tests.unit.plugins.helpers import run_main, warning_texts
-from ansible_collections.airgap.microshift.tests.unit.plugins.module_utils.test_rpm import LazyRpms, release_files, rpm_root
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.modules import run_main, warning_texts
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.release import FIXTURES, LazyRpms, release_files, rpm_root
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "release")
 
 
 def run_module(capsys, args, check_mode=False, diff=False):
