@@ -56,6 +56,13 @@ def discard(path):
         pass
 
 
+def read_limited(path, limit):
+    """The first ``limit + 1`` bytes of ``path`` at most: a caller that gets more than ``limit``
+    knows the file is too large without reading it whole. Raises OSError."""
+    with open(path, "rb") as handle:
+        return handle.read(limit + 1)
+
+
 def same_content(path, data):
     """True when ``path`` is a file holding exactly ``data``."""
     try:
@@ -153,13 +160,18 @@ def ensure_file(module, path, data, what, mode=None, default_mode=None):
 
 class DirLock:
     """An exclusive ``flock`` on ``<directory>/<name>``, or on ``directory`` itself when ``name`` is None
-    (no file is created: a medium gets nothing it does not carry). Serialises temp-file creation and cleanup."""
+    (no file is created: a medium gets nothing it does not carry). Serialises temp-file creation and
+    cleanup, and the store's read-modify-write of ``store.json`` (``_store.StoreLock``).
 
-    def __init__(self, directory, name=None):
+    ``flock`` excludes other processes; threads take turns on ``thread_lock`` first (by default
+    one per instance, for threads that share it; a caller whose threads each make their own
+    instance passes one lock for all of them).
+    """
+
+    def __init__(self, directory, name=None, thread_lock=None):
         self.path = os.path.join(directory, name) if name else directory
         self.fd = None
-        # Threads of one run share the instance: they take turns before the flock.
-        self._thread_lock = threading.Lock()
+        self._thread_lock = thread_lock or threading.Lock()
 
     def __enter__(self):
         self._thread_lock.acquire()

@@ -15,7 +15,6 @@ they become paths, and only regular files of the declared size are opened.
 from __future__ import annotations
 
 import datetime
-import fcntl
 import hashlib
 import json
 import os
@@ -414,32 +413,14 @@ def utc_now():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class StoreLock:
-    """Serialise read-modify-write of ``store.json`` between threads and processes."""
+class StoreLock(_files.DirLock):
+    """Serialise read-modify-write of ``store.json`` between threads and processes (``.store.lock``)."""
 
-    _thread_lock = threading.Lock()
+    # every thread of a run makes its own instance: they share one thread lock
+    _threads = threading.Lock()
 
     def __init__(self, store):
-        self.path = os.path.join(store, LOCK_FILE)
-        self.handle = None
-
-    def __enter__(self):
-        self._thread_lock.acquire()
-        try:
-            self.handle = open(self.path, "a")
-            fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX)
-        except BaseException:
-            self._thread_lock.release()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        try:
-            fcntl.flock(self.handle.fileno(), fcntl.LOCK_UN)
-            self.handle.close()
-        finally:
-            self._thread_lock.release()
-        return False
+        super().__init__(store, LOCK_FILE, thread_lock=StoreLock._threads)
 
 
 def record_image(store, ref, entry):
