@@ -718,6 +718,10 @@ class Upload:
         if not failed:
             return None
         first = failed[0].error
+        if self.stopped and not self.to_push:
+            # stopped before any push: the mirror could not be checked (the same cause for every image, as a rule)
+            others = len(failed) - 1
+            return first + (" (and %d other image(s) could not be checked)" % others if others else "")
         message = first if len(failed) == 1 else "%d image(s) failed to upload (%s); the first: %s" % (
             len(failed), ", ".join(image.source for image in failed), first)
         unstarted = [image for image in self.primaries if image.status == "not_started"]

@@ -2,7 +2,17 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""The fixtures the unit tests share; what they are made of lives in ``helpers``.
+"""The fixtures the unit tests share; what they are made of lives in ``helpers``, the only test
+code a test file imports:
+
+- ``helpers.modules``: a module's ``main()`` run in-process with real arguments;
+- ``helpers.processes``: child processes that end with their test (``die_with_parent``), free ports;
+- ``helpers.registry``: a real ``docker-registry`` on loopback (TLS from a test CA, htpasswd or token
+  logins, or plain HTTP; in a private network namespace when asked);
+- ``helpers.images``: synthetic OCI images, pushed to such a registry, copied into an image store or
+  a ``dir:`` tree;
+- ``helpers.stores``: image stores written directly as docs/store-format.md describes;
+- ``helpers.release``: the release-info fixtures and RPMs built from them with rpmbuild.
 
 ``local_registry`` is a real registry (``docker-registry serve``, TLS from a test CA, htpasswd
 logins) on 127.0.0.1, ``token_registry`` the same with token logins, and ``synthetic_images``

@@ -18,6 +18,7 @@ from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.release im
     FIXTURES, PATTERN, PAYLOADS, RELEASE_DIR, LazyRpms, needs_rpmbuild, release_files, rpm_root, run_command,
 )
 
+
 @pytest.fixture(scope="session")
 def rpms(tmp_path_factory):
     """Release-info RPMs of MicroShift 5.0, one per payload compression, plus one without release files."""

@@ -165,4 +165,3 @@ def test_part_size_without_volume_size_writes_one_volume(capsys, store, tmp_path
     site = str(tmp_path / "site")
     unpacked = run_module(capsys, {"state": "unpack", "src": [media], "store": site}, keys=keys)
     assert unpacked["changed"] and store_files(site) == store_files(store)
-

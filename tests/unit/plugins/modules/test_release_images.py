@@ -19,7 +19,6 @@ from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.modules im
 from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.release import FIXTURES, LazyRpms, release_files, rpm_root
 
 
-
 def run_module(capsys, args, check_mode=False, diff=False):
     """Run main() with ``args``; return the result dict it printed."""
     return run_main(release_images, capsys, args, check_mode, diff)[0]
