@@ -49,6 +49,8 @@ def site_run(bed, tmp_path_factory):
         "download_free_space_margin": 0,
         "transfer_media_path": os.path.join(root, "media"), "transfer_media_paths": [os.path.join(root, "media")],
         "transfer_volume_size": "64MiB", "transfer_release": "secrets",
+        # sets are signed on the connected side and checked on the air-gapped side (docs/signing.md)
+        "transfer_signing_key": bed.keys["private"], "transfer_trusted_keys": [bed.keys["public"]],
         "upload_mirror": mirror["hostport"], "upload_authfile": "/var/lib/airgap-microshift/mirror-auth.json",
         "upload_mapping_file": os.path.join(root, "mapping.json"), "upload_namespace": "secrets",
         "airgap_mirror_username": mirror["user"], "airgap_mirror_password": mirror["password"],
