@@ -38,10 +38,10 @@ import tempfile
 import time
 
 from ansible_collections.airgap.microshift.plugins.module_utils import _store as store_mod
-from ansible_collections.airgap.microshift.plugins.module_utils import _sigstore, _strict, _workers
-from ansible_collections.airgap.microshift.plugins.module_utils._containers_policy import scope_candidates
-from ansible_collections.airgap.microshift.plugins.module_utils._reference import parse_reference
-from ansible_collections.airgap.microshift.plugins.module_utils._registry import CannotTell
+from ansible_collections.airgap.microshift.plugins.module_utils import _signing, _sigstore, _strict, _workers
+from ansible_collections.airgap.microshift.plugins.module_utils._containers_policy import scope_candidates, scope_problem
+from ansible_collections.airgap.microshift.plugins.module_utils._reference import InvalidReference, parse_reference
+from ansible_collections.airgap.microshift.plugins.module_utils._registry import CannotTell, RegistrySource
 from ansible_collections.airgap.microshift.plugins.module_utils._skopeo import PERMANENT, SkopeoError
 
 DOCKER_TYPES = (store_mod.MEDIA_DOCKER_LIST, store_mod.MEDIA_DOCKER_MANIFEST)
@@ -53,6 +53,21 @@ class PlanError(Exception):
 
 class SignatureRefused(PlanError):
     """An image whose required signature is missing or refused; the message names the image and why."""
+
+
+def request_problem(refs, store):
+    """The first problem with the images and the store asked for, as one sentence naming the option, or None."""
+    for ref in refs:
+        try:
+            parse_reference(ref)
+            store_mod.layout_name(ref)
+        except (InvalidReference, store_mod.StoreError) as exc:
+            return "Option images: %s." % str(exc).rstrip(".")
+    if ":" in os.path.abspath(store):
+        return ("Option store names %s, which contains ':', which skopeo reads as the end of its oci: transport name; "
+                "choose a path without ':'." % store)
+    problem = store_mod.creation_problem(store)
+    return "Option store names %s, which %s." % (store, problem) if problem else None
 
 
 def sha256_bytes(data):
@@ -167,7 +182,7 @@ def store_entry(plan, platforms=None):
 # Signatures -------------------------------------------------------------------------------
 
 
-class SignatureOptions(object):
+class SignatureOptions:
     """Whether to fetch signatures, and where they are required (scopes, exceptions, public keys)."""
 
     def __init__(self, fetch=True, scopes=(), exceptions=(), keys=(), source=None):
@@ -185,6 +200,37 @@ class SignatureOptions(object):
             if candidate in self.scopes:
                 return True
         return False
+
+
+def signature_options(params):
+    """``(problem, SignatureOptions)`` of a module's signature options, checked before anything runs.
+
+    ``problem`` is one sentence naming the option (a scope that is not one, exceptions without scopes,
+    scopes without keys or without fetching, a key file that is not a public key), or None.
+    """
+    scopes, exceptions, key_files = params["signature_scopes"], params["signature_exceptions"], params["signature_keys"]
+    for option, values in (("signature_scopes", scopes), ("signature_exceptions", exceptions)):
+        for scope in values:
+            problem = scope_problem(scope)
+            if problem:
+                return "Option %s: %s." % (option, problem), None
+    if (scopes or exceptions) and not params["signatures"]:
+        return ("Options signature_scopes and signature_exceptions need signatures: true (the signatures are fetched to be "
+                "checked)."), None
+    if scopes and not key_files:
+        return "Option signature_scopes requires signature_keys: the public keys the required signatures are checked with.", None
+    if exceptions and not scopes:
+        return "Option signature_exceptions lists exceptions to signature_scopes, which is empty.", None
+    keys = []
+    if scopes:
+        try:
+            keys = _signing.read_public_keys(key_files, image=True)
+        except _signing.SigningError as exc:
+            return "Option signature_keys: %s." % str(exc).rstrip("."), None
+    source = None
+    if params["signatures"]:
+        source = RegistrySource(params.get("authfile"), params.get("validate_certs", True), params.get("cert_dir"))
+    return None, SignatureOptions(fetch=params["signatures"], scopes=scopes, exceptions=exceptions, keys=keys, source=source)
 
 
 def attachment_record(parsed):
@@ -362,63 +408,33 @@ def signature_counts(entry):
 # Scheduling -------------------------------------------------------------------------------
 
 
-class BlobScheduler(object):
-    """Greedy scheduler: start an image only when none of the blobs it misses is in flight.
+class BlobScheduler(_workers.Scheduler):
+    """The download's policy: the image with the most bytes still to fetch starts first.
 
     ``missing`` maps each image to the set of blobs it must fetch; ``sizes`` (optional) maps
-    blobs to sizes so the largest remaining download starts first. Images can be added while
-    others run (:meth:`add`), as their plans arrive. Pure: no threads inside.
+    blobs to sizes. Images can be added while others run (:meth:`add`), as their plans arrive.
     """
 
     def __init__(self, missing=None, sizes=None):
-        self.missing = {}
-        self.position = {}
         self.sizes = dict(sizes or {})
-        self.pending = []
-        self.running = {}
-        self.completed = set()
+        super().__init__()
         for name, blobs in (missing or {}).items():
             self.add(name, blobs)
 
     def add(self, name, blobs, sizes=None):
         """Queue ``name``, which needs ``blobs`` (a set of digests, ``sizes`` their sizes)."""
-        self.missing[name] = set(blobs)
-        self.position[name] = len(self.position)
         self.sizes.update(sizes or {})
-        self.pending.append(name)
+        super().add(name, dict((blob, self.sizes.get(blob, 0)) for blob in blobs))
+
+    @property
+    def completed(self):
+        return self.done
 
     def remaining(self, name):
-        return self.missing[name] - self.completed
+        return set(self.missing(name))
 
-    def in_flight(self):
-        busy = set()
-        for blobs in self.running.values():
-            busy |= blobs
-        return busy
-
-    def _weight(self, name):
-        return sum(self.sizes.get(blob, 0) for blob in self.remaining(name))
-
-    def next_ready(self):
-        """The image to start now, or None when every pending image conflicts with a running one."""
-        busy = self.in_flight()
-        ready = [name for name in self.pending if not (self.remaining(name) & busy)]
-        if not ready:
-            return None
-        return max(ready, key=lambda name: (self._weight(name), -self.position[name]))
-
-    def start(self, name):
-        self.pending.remove(name)
-        self.running[name] = self.remaining(name)
-
-    def finish(self, name, success=True):
-        blobs = self.running.pop(name)
-        if success:
-            self.completed |= blobs
-
-    def cancel_pending(self):
-        cancelled, self.pending = self.pending, []
-        return cancelled
+    def choose(self, ready, missing):
+        return max(ready, key=lambda name: (sum(missing[name].values()), -self.position[name]))
 
 
 def simulate_schedule(missing, parallel, sizes=None):
@@ -463,7 +479,7 @@ def may_start_early(free, margin, to_fetch_so_far, planned, total):
 MIN_PLAN_PARALLEL = 8
 
 
-class DownloadOptions(object):
+class DownloadOptions:
     def __init__(self, store, registry_options, parallel=4, keep_going=False, verify=False, free_space_margin=0, signatures=None):
         self.store = store
         self.signatures = signatures or SignatureOptions(fetch=False)
@@ -623,7 +639,7 @@ def download_image(plan, skopeo, options):
     return result
 
 
-class DownloadRun(object):
+class DownloadRun:
     """Plan and download a list of refs, the copies starting as soon as their image is planned.
 
     Manifests are read by a pool of ``options.plan_parallel`` workers; each image, once
@@ -636,11 +652,14 @@ class DownloadRun(object):
     With ``check_mode`` only the plan is made. ``on_start(count)`` is called once the store has
     been read, with the number of images to plan (those not complete in it); ``on_image(result)``
     (from the calling thread) for every one of them as it ends fetched, failed or not started.
+    The store (and its missing parents) is made by ``prepare_store`` (:func:`_store.create` by
+    default) only once the first copy is about to start: a refused plan leaves no store behind.
 
     After :meth:`run`: ``results`` (ref -> result), ``plans``, ``skipped``, ``index`` (the store
     index read at the start), ``to_fetch`` (every blob missing when its image was planned, with
     its size), ``plan_retries``, ``stopped`` (why no further copy started, or None) and
-    ``space_error`` (the free-space message, or None).
+    ``space_error`` (the free-space message, or None). :meth:`outcome` runs it and gives the
+    module's result.
     """
 
     def __init__(self, refs, skopeo, options, check_mode=False, on_start=None, on_image=None, free_bytes=None, prepare_store=None):
@@ -651,7 +670,7 @@ class DownloadRun(object):
         self.on_start = on_start or (lambda count: None)
         self.on_image = on_image or (lambda result: None)
         self.free_bytes = free_bytes or store_mod.free_bytes
-        self.prepare_store = prepare_store or (lambda: None)
+        self.prepare_store = prepare_store or (lambda: store_mod.create(options.store))
         self.results = {}
         self.plans = {}
         self.skipped = []
@@ -666,6 +685,7 @@ class DownloadRun(object):
         self._events = queue.Queue()
         self._leftovers = set()
         self._store_ready = False
+        self.started = time.monotonic()
 
     # workers (other threads): they only post events ---------------------------------------
 
@@ -725,6 +745,7 @@ class DownloadRun(object):
             pool.submit(self._copy_job, ref)
 
     def run(self):
+        self.started = time.monotonic()
         store = self.options.store
         self.index = store_mod.read_index(store) if os.path.isdir(store) else store_mod.empty_index()
         to_plan = []
@@ -859,3 +880,64 @@ class DownloadRun(object):
         totals["seconds"] = round(totals["seconds"], 3)
         totals["images_refused"] += sum(1 for r in self.results.values() if r.get("signature_refused"))
         return totals
+
+    def image_result(self, ref):
+        """The ``images`` entry of ``ref``: its result, or what the store or the plan says of it.
+
+        An image of the store whose required signature is refused fails; ``signatures`` counts the
+        image's signed, unsigned and verified manifests (None when signatures are not fetched).
+        """
+        if ref in self.results:
+            image = dict(self.results[ref])
+            image.pop("signature_refused", None)
+        elif ref in self.skipped:
+            item = self.index["images"][ref]
+            failure = self.signature_failures.get(ref)
+            image = _result(ref, "failed" if failure else "skipped", item["digest"], item.get("size", 0), item["layout"], error=failure)
+        else:
+            item = self.plans[ref]
+            image = _result(ref, "planned", item["digest"], item["size"], item["layout"])
+        counts = self.signature_counts.get(ref)
+        image["signatures"] = dict((k, counts[k]) for k in ("signed", "unsigned", "verified")) if counts else None
+        return image
+
+    def summary(self, images, plan):
+        duration = max(time.monotonic() - self.started, 0.0)
+        fetched = sum(image["fetched_bytes"] for image in images)
+        return {
+            "images_fetched": sum(1 for image in images if image["status"] == "fetched"),
+            "images_skipped": sum(1 for image in images if image["status"] == "skipped"),
+            "images_failed": sum(1 for image in images if image["status"] == "failed"),
+            "bytes_fetched": fetched,
+            "logical_bytes": plan["logical_bytes"],
+            "unique_bytes": plan["unique_bytes"],
+            "dedup_ratio": plan["dedup_ratio"],
+            "duration": round(duration, 3),
+            "throughput": int(fetched / duration) if duration > 0 else 0,
+            "retries": self.plan_retries + sum(image["retries"] for image in images),
+        }
+
+    def outcome(self):
+        """Run, then ``(failure, result)``: the sentence that fails the task (or None) and the module's result."""
+        store = self.options.store
+        try:
+            self.run()
+        except store_mod.StoreError as exc:
+            return "store %s: %s" % (store, exc), {"store": store, "changed": any(
+                r["status"] == "fetched" for r in self.results.values())}
+        except OSError as exc:
+            return "cannot create store %s: %s" % (store, exc.strerror or exc), {"store": store, "changed": False}
+        plan = self.summary_plan()
+        plan["free_bytes"] = store_mod.free_bytes(store)
+        images = [self.image_result(ref) for ref in self.refs]
+        summary = self.summary(images, plan)
+        if self.options.signatures.fetch:
+            summary["signatures"] = self.summary_signatures()
+        result = {"store": store, "images": images, "summary": summary, "plan": plan,
+                  "changed": summary["images_fetched"] > 0 or (self.check_mode and bool(self.plans))}
+        failures = [image for image in images if image["status"] == "failed"]
+        if self.space_error:
+            return self.space_error, result
+        if failures:
+            return "%d of %d image(s) failed: %s" % (len(failures), len(images), "; ".join(i["error"] for i in failures)), result
+        return None, result

@@ -34,9 +34,10 @@ import hashlib
 import os
 
 from ansible_collections.airgap.microshift.plugins.module_utils import _containers_policy as policy_mod
-from ansible_collections.airgap.microshift.plugins.module_utils import _registries_conf, _registries_d, _signing, _sigstore, _store
-from ansible_collections.airgap.microshift.plugins.module_utils._reference import parse_reference
-from ansible_collections.airgap.microshift.plugins.module_utils._registry import CannotTell
+from ansible_collections.airgap.microshift.plugins.module_utils import _files, _registries_conf, _registries_d, _signing, _sigstore, _store
+from ansible_collections.airgap.microshift.plugins.module_utils import _workers
+from ansible_collections.airgap.microshift.plugins.module_utils._reference import InvalidReference, parse_reference
+from ansible_collections.airgap.microshift.plugins.module_utils._registry import CannotTell, RegistrySource
 
 ACCEPTED = "accepted"
 REJECTED = "rejected"
@@ -234,9 +235,8 @@ MAX_CONFIG_FILE = 4 * 1024 * 1024
 
 def _read_text(path, missing_ok=False):
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_CONFIG_FILE + 1)
-    except (IOError, OSError) as exc:
+        data = _files.read_limited(path, MAX_CONFIG_FILE)
+    except OSError as exc:
         if missing_ok and getattr(exc, "errno", None) == 2:
             return None
         raise HostConfigError("Cannot read %s: %s." % (path, exc.strerror or exc))
@@ -300,5 +300,66 @@ def read_host_configuration(policy_path, registries_conf, registries_conf_d, reg
 
 def read_key_file(path):
     """The bytes of a public key file a policy names (at most 1 MiB)."""
-    with open(path, "rb") as handle:
-        return handle.read(1024 * 1024)
+    return _files.read_limited(path, 1024 * 1024 - 1)
+
+
+# ---------------------------------------------------------------- a run over a list of images
+
+
+def request_problem(params):
+    """The first problem with ``signature_check``'s options, as one sentence naming the option, or None."""
+    if params["parallel"] < 1:
+        return "Option parallel must be 1 or more, not %d." % params["parallel"]
+    if params["authfile"] and not os.path.isfile(params["authfile"]):
+        return "Option authfile names %s, which does not exist or is not a file." % params["authfile"]
+    if params["cert_dir"] and not os.path.isdir(params["cert_dir"]):
+        return "Option cert_dir names %s, which does not exist or is not a directory." % params["cert_dir"]
+    for ref in params["images"]:
+        try:
+            parse_reference(ref)
+        except InvalidReference as exc:
+            return "Option images: %s." % str(exc).rstrip(".")
+    return None
+
+
+def check_images(params, machine):
+    """Evaluate the host's policy for every image of ``params["images"]`` (a host of type ``machine``).
+
+    Returns ``(failure, warning, outcome)``: the sentence that fails the task (or None), a warning
+    about requirements that cannot be checked (or None), and the module's result. Raises
+    :class:`HostConfigError` naming the host's file at fault.
+    """
+    refs = list(dict.fromkeys(params["images"]))
+    policy, registries, registries_d = read_host_configuration(
+        params["policy"], params["registries_conf"], params["registries_conf_d"], params["registries_d"])
+    arch = goarch(params["architecture"] or machine)
+    insecure = [entry["location"] for entry in registries.values() if entry.get("insecure") and entry.get("location")]
+    insecure += [m["location"] for entry in registries.values() for m in entry.get("mirror", []) if m.get("insecure")]
+    source = RegistrySource(params["authfile"], True, params["cert_dir"], insecure=[location.split("/", 1)[0] for location in insecure])
+
+    def check(ref):
+        try:
+            return evaluate(ref, policy, registries, registries_d, source, read_key_file, arch)
+        except Exception as exc:  # pylint: disable=broad-except
+            return _result(ref, REJECTED, "cannot be checked: %s" % exc)
+
+    results = _workers.run_parallel(refs, min(params["parallel"], max(1, len(refs))), check) if refs else []
+    outcome = {
+        "changed": False,
+        "results": results,
+        "accepted": [r["ref"] for r in results if r["verdict"] == ACCEPTED],
+        "rejected": [dict((k, r[k]) for k in ("ref", "reason", "scope", "source", "manifest")) for r in results if r["verdict"] == REJECTED],
+        "unchecked": [dict((k, r[k]) for k in ("ref", "reason", "scope")) for r in results if r["verdict"] == UNCHECKED],
+    }
+    problems, warning = [], None
+    if outcome["rejected"]:
+        problems.append("%d of %d image(s) would be refused by the signature policy of the host (%s): %s." % (
+            len(outcome["rejected"]), len(results), params["policy"],
+            "; ".join("%s: %s" % (item["ref"], item["reason"]) for item in outcome["rejected"])))
+    if outcome["unchecked"]:
+        warning = "%d image(s) have requirements this check cannot verify: %s." % (
+            len(outcome["unchecked"]), "; ".join("%s: %s" % (item["ref"], item["reason"]) for item in outcome["unchecked"]))
+        if params["fail_on_unchecked"]:
+            problems.append(warning)
+            warning = None
+    return " ".join(problems) or None, warning, outcome

@@ -32,7 +32,9 @@ author:
 requirements:
   - the Python package cryptography on the host (python3-cryptography), to read the key files
 extends_documentation_fragment:
+  - ansible.builtin.files
   - airgap.microshift.attributes
+  - airgap.microshift.attributes.files
 attributes:
   check_mode:
     support: full
@@ -41,6 +43,8 @@ attributes:
     support: full
     details: The diff shows the policy before and after, as text.
   idempotent:
+    support: full
+  safe_file_operations:
     support: full
 options:
   path:
@@ -89,15 +93,12 @@ options:
     choices: [keep, reject, insecureAcceptAnything]
     default: keep
   mode:
-    description: The permissions of the policy file.
+    description:
+      - The permissions of the file, in octal notation such as V('0644').
+      - The other common file options (O(owner), O(group), SELinux context, O(attributes)) apply to the file too;
+        unset, they leave the file as it is.
     type: raw
-    default: "0644"
-  owner:
-    description: The owner of the policy file.
-    type: str
-  group:
-    description: The group of the policy file.
-    type: str
+    default: '0644'
 notes:
   - Images already in the host's container storage are not verified again; after enforcing signatures
     on a MicroShift host, wipe CRI-O's storage (C(crio wipe --force) with CRI-O and MicroShift stopped).
@@ -162,14 +163,13 @@ from ansible.module_utils.common.text.converters import to_bytes, to_native
 
 from ansible_collections.airgap.microshift.plugins.module_utils import _containers_policy as policy_mod
 from ansible_collections.airgap.microshift.plugins.module_utils import _signing
-from ansible_collections.airgap.microshift.plugins.module_utils._files import write_file
+from ansible_collections.airgap.microshift.plugins.module_utils._files import ensure_file, read_limited
 
 
 def _read(module, path):
     try:
-        with open(path, "rb") as handle:
-            return handle.read(policy_mod.MAX_POLICY_SIZE + 1).decode("utf-8")
-    except (IOError, OSError) as exc:
+        return read_limited(path, policy_mod.MAX_POLICY_SIZE).decode("utf-8")
+    except OSError as exc:
         if getattr(exc, "errno", None) == 2:
             return None
         module.fail_json(msg="Cannot read the policy %s: %s." % (path, to_native(exc)))
@@ -226,9 +226,8 @@ def main():
                                  default="matchRepoDigestOrExact"),
             default_policy=dict(type="str", choices=["keep", "reject", "insecureAcceptAnything"], default="keep"),
             mode=dict(type="raw", default="0644"),
-            owner=dict(type="str"),
-            group=dict(type="str"),
         ),
+        add_file_common_args=True,
         supports_check_mode=True,
     )
     path = module.params["path"]
@@ -242,16 +241,9 @@ def main():
         after = policy_mod.checked_render(after_doc, "The new policy %s" % path)
     except policy_mod.PolicyError as exc:
         module.fail_json(msg="%s It was not written." % to_native(exc), errors=exc.errors)
-    changed = before is None or policy_mod.parse(before) != after_doc
-    if changed and not module.check_mode:
-        try:
-            write_file(path, to_bytes(after), move=module.atomic_move)
-        except (IOError, OSError) as exc:
-            module.fail_json(msg="Cannot write the policy %s: %s." % (path, to_native(exc)))
-    if os.path.exists(path):
-        changed = module.set_mode_if_different(path, module.params["mode"], changed)
-        changed = module.set_owner_if_different(path, module.params["owner"], changed)
-        changed = module.set_group_if_different(path, module.params["group"], changed)
+    # the same policy in another layout is left as the host wrote it
+    same = before is not None and policy_mod.parse(before) == after_doc
+    changed = ensure_file(module, path, None if same else to_bytes(after), what="the policy")
     module.exit_json(changed=changed, path=path, policy=after_doc, created=before is None,
                      diff={"before": before or "", "after": after if before is None or changed else before,
                            "before_header": path, "after_header": path})

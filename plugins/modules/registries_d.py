@@ -25,13 +25,17 @@ description:
 author:
   - airgap.microshift contributors (@airgap-microshift)
 extends_documentation_fragment:
+  - ansible.builtin.files
   - airgap.microshift.attributes
+  - airgap.microshift.attributes.files
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: full
   idempotent:
+    support: full
+  safe_file_operations:
     support: full
 options:
   path:
@@ -55,15 +59,12 @@ options:
     description: Comment lines at the top of the file, such as C(ansible_managed).
     type: str
   mode:
-    description: The permissions of the file.
+    description:
+      - The permissions of the file, in octal notation such as V('0644').
+      - The other common file options (O(owner), O(group), SELinux context, O(attributes)) apply to the file too;
+        unset, they leave the file as it is.
     type: raw
-    default: "0644"
-  owner:
-    description: The owner of the file.
-    type: str
-  group:
-    description: The group of the file.
-    type: str
+    default: '0644'
 seealso:
   - module: airgap.microshift.containers_policy
   - module: airgap.microshift.signature_check
@@ -97,14 +98,13 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_bytes, to_native
 
 from ansible_collections.airgap.microshift.plugins.module_utils import _registries_d
-from ansible_collections.airgap.microshift.plugins.module_utils._files import write_file
+from ansible_collections.airgap.microshift.plugins.module_utils._files import ensure_file, read_limited
 
 
 def _read(module, path):
     try:
-        with open(path, "rb") as handle:
-            return handle.read(_registries_d.MAX_FILE + 1).decode("utf-8")
-    except (IOError, OSError) as exc:
+        return read_limited(path, _registries_d.MAX_FILE).decode("utf-8")
+    except OSError as exc:
         if getattr(exc, "errno", None) == 2:
             return None
         module.fail_json(msg="Cannot read %s: %s." % (path, to_native(exc)))
@@ -139,9 +139,8 @@ def main():
             namespaces=dict(type="list", elements="str", default=[]),
             header=dict(type="str"),
             mode=dict(type="raw", default="0644"),
-            owner=dict(type="str"),
-            group=dict(type="str"),
         ),
+        add_file_common_args=True,
         supports_check_mode=True,
     )
     params = module.params
@@ -165,19 +164,16 @@ def main():
         _registries_d.merge_files(_neighbours(module, path) + [(path, doc)])
     except _registries_d.RegistriesDError as exc:
         module.fail_json(msg="Option namespaces: %s %s was not written." % (to_native(exc), path))
-    changed = before != content
-    if changed and not module.check_mode:
-        directory = os.path.dirname(path) or "."
-        try:
-            if not os.path.isdir(directory):
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        changed = True  # the directory and the file are created (in check mode, would be)
+        if not module.check_mode:
+            try:
                 os.makedirs(directory, 0o755)
-            write_file(path, to_bytes(content), move=module.atomic_move)
-        except (IOError, OSError) as exc:
-            module.fail_json(msg="Cannot write %s: %s." % (path, to_native(exc)))
-    if os.path.exists(path):
-        changed = module.set_mode_if_different(path, params["mode"], changed)
-        changed = module.set_owner_if_different(path, params["owner"], changed)
-        changed = module.set_group_if_different(path, params["group"], changed)
+            except OSError as exc:
+                module.fail_json(msg="Cannot create the directory %s: %s." % (directory, to_native(exc)))
+    if os.path.isdir(directory):
+        changed = ensure_file(module, path, to_bytes(content), what="path")
     module.exit_json(changed=changed, path=path, content=content,
                      diff={"before": before or "", "after": content, "before_header": path, "after_header": path})
 

@@ -138,14 +138,11 @@ results:
       requirement: sigstoreSigned
 """
 
-import os
 import platform
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.airgap.microshift.plugins.module_utils import _image_trust, _workers
-from ansible_collections.airgap.microshift.plugins.module_utils._reference import InvalidReference, parse_reference
-from ansible_collections.airgap.microshift.plugins.module_utils._registry import RegistrySource
+from ansible_collections.airgap.microshift.plugins.module_utils import _image_trust
 
 
 def main():
@@ -164,61 +161,17 @@ def main():
         ),
         supports_check_mode=True,
     )
-    params = module.params
-    if params["parallel"] < 1:
-        module.fail_json(msg="Option parallel must be 1 or more, not %d." % params["parallel"])
-    if params["authfile"] and not os.path.isfile(params["authfile"]):
-        module.fail_json(msg="The authfile %s does not exist." % params["authfile"])
-    if params["cert_dir"] and not os.path.isdir(params["cert_dir"]):
-        module.fail_json(msg="The cert_dir %s is not a directory." % params["cert_dir"])
-    refs = []
-    for ref in params["images"]:
-        try:
-            parse_reference(ref)
-        except InvalidReference as exc:
-            module.fail_json(msg="Option images: %s." % exc)
-        if ref not in refs:
-            refs.append(ref)
+    problem = _image_trust.request_problem(module.params)
+    if problem:
+        module.fail_json(msg=problem)
     try:
-        policy, registries, registries_d = _image_trust.read_host_configuration(
-            params["policy"], params["registries_conf"], params["registries_conf_d"], params["registries_d"])
+        failure, warning, outcome = _image_trust.check_images(module.params, platform.machine())
     except _image_trust.HostConfigError as exc:
         module.fail_json(msg=str(exc))
-    arch = _image_trust.goarch(params["architecture"] or platform.machine())
-    insecure = [entry["location"] for entry in registries.values() if entry.get("insecure") and entry.get("location")]
-    insecure += [m["location"].split("/", 1)[0] for entry in registries.values() for m in entry.get("mirror", []) if m.get("insecure")]
-    source = RegistrySource(params["authfile"], True, params["cert_dir"], insecure=[location.split("/", 1)[0] for location in insecure])
-
-    def check(ref):
-        try:
-            return _image_trust.evaluate(ref, policy, registries, registries_d, source, _image_trust.read_key_file, arch)
-        except Exception as exc:  # pylint: disable=broad-except
-            return {"ref": ref, "verdict": _image_trust.REJECTED, "reason": "cannot be checked: %s" % exc, "scope": None,
-                    "source": None, "manifest": None, "requirement": None}
-
-    results = _workers.run_parallel(refs, min(params["parallel"], max(1, len(refs))), check) if refs else []
-    outcome = {
-        "changed": False,
-        "results": results,
-        "accepted": [r["ref"] for r in results if r["verdict"] == _image_trust.ACCEPTED],
-        "rejected": [dict((k, r[k]) for k in ("ref", "reason", "scope", "source", "manifest")) for r in results
-                     if r["verdict"] == _image_trust.REJECTED],
-        "unchecked": [dict((k, r[k]) for k in ("ref", "reason", "scope")) for r in results if r["verdict"] == _image_trust.UNCHECKED],
-    }
-    problems = []
-    if outcome["rejected"]:
-        problems.append("%d of %d image(s) would be refused by the signature policy of the host (%s): %s." % (
-            len(outcome["rejected"]), len(results), params["policy"],
-            "; ".join("%s: %s" % (item["ref"], item["reason"]) for item in outcome["rejected"])))
-    if outcome["unchecked"]:
-        text = "%d image(s) have requirements this check cannot verify: %s" % (
-            len(outcome["unchecked"]), "; ".join("%s: %s" % (item["ref"], item["reason"]) for item in outcome["unchecked"]))
-        if params["fail_on_unchecked"]:
-            problems.append(text + ".")
-        else:
-            module.warn(text + ".")
-    if problems:
-        module.fail_json(msg=" ".join(problems), **outcome)
+    if warning:
+        module.warn(warning)
+    if failure:
+        module.fail_json(msg=failure, **outcome)
     module.exit_json(**outcome)
 
 

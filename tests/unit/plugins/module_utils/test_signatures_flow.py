@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import subprocess
 
 import pytest
 
@@ -22,48 +20,14 @@ from ansible_collections.airgap.microshift.plugins.module_utils import _store as
 from ansible_collections.airgap.microshift.plugins.module_utils import _upload as upload_mod
 from ansible_collections.airgap.microshift.plugins.module_utils._registry import RegistrySource
 from ansible_collections.airgap.microshift.plugins.module_utils._skopeo import RegistryOptions, Skopeo
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.signatures import SKOPEO, push_attachment, sign_image
 
-SKOPEO = shutil.which("skopeo")
 pytestmark = pytest.mark.skipif(not _signing.HAS_CRYPTOGRAPHY, reason="cryptography is not installed")
 
 
 @pytest.fixture(scope="module")
 def release_key():
     return _signing.generate_private_key("ecdsa-p256")
-
-
-def push_attachment(registry, repository, digest, signatures, work):
-    """Tag an attachment holding ``signatures`` as the signatures of ``digest`` in ``repository``."""
-    raw, blobs = _sigstore.build_attachment(signatures)
-    layout = os.path.join(work, "attachment-" + hashlib.sha256(raw).hexdigest()[:12])
-    os.makedirs(os.path.join(layout, "blobs", "sha256"))
-    for data in list(blobs.values()) + [raw]:
-        with open(os.path.join(layout, "blobs", "sha256", hashlib.sha256(data).hexdigest()), "wb") as handle:
-            handle.write(data)
-    with open(os.path.join(layout, "oci-layout"), "w") as handle:
-        json.dump(store_mod.OCI_LAYOUT, handle)
-    with open(os.path.join(layout, "index.json"), "w") as handle:
-        json.dump(store_mod.layout_index("sha256:" + hashlib.sha256(raw).hexdigest(), _sigstore.ATTACHMENT_MEDIA_TYPE, len(raw)), handle)
-    subprocess.run([SKOPEO, "copy", "--quiet", "--preserve-digests", "--dest-cert-dir", registry.cert_dir, "--dest-authfile",
-                    registry.authfile, "oci:" + layout, "docker://%s/%s:%s" % (registry.host, repository, _sigstore.attachment_tag(digest))],
-                   check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    return "sha256:" + hashlib.sha256(raw).hexdigest()
-
-
-def sign_image(registry, image, key, work, identity=None, only=None):
-    """Sign the index and each per-architecture manifest of a pushed image (``only``: those digests).
-
-    ``identity`` (default: the image's repository by digest) may name the digest as ``{digest}``.
-    """
-    body, media_type = registry.manifest(image["repository"], image["digest"])
-    digests = [image["digest"]] + [m["digest"] for m in json.loads(body).get("manifests", [])]
-    for digest in digests:
-        if only is None or digest in only:
-            push_attachment(registry, image["repository"], digest,
-                            [_sigstore.make_signature(key, (identity or "%s/%s@{digest}" % (registry.host, image["repository"])).format(
-                                digest=digest), digest)],
-                            work)
-    return digests
 
 
 def _run(registry, store, refs, signatures):

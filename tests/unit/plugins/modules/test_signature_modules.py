@@ -15,8 +15,8 @@ import pytest
 
 from ansible_collections.airgap.microshift.plugins.module_utils import _registries_conf, _signing, _sigstore
 from ansible_collections.airgap.microshift.plugins.modules import containers_policy, registries_d, signature_check
-from ansible_collections.airgap.microshift.tests.unit.plugins.helpers import run_main, warning_texts
-from ansible_collections.airgap.microshift.tests.unit.plugins.module_utils.test_signatures_flow import sign_image
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.modules import run_main, warning_texts
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.signatures import sign_image
 
 pytestmark = pytest.mark.skipif(not _signing.HAS_CRYPTOGRAPHY, reason="cryptography is not installed")
 
@@ -145,7 +145,7 @@ def test_signature_check_against_a_real_registry(capsys, etc, local_registry, sy
     ({"policy": "/nonexistent/policy.json"}, "/nonexistent/policy.json does not exist"),
     ({"images": ["not a reference"]}, "Option images"),
     ({"parallel": 0}, "parallel must be 1 or more"),
-    ({"authfile": "/nonexistent/auth.json"}, "authfile /nonexistent/auth.json does not exist"),
+    ({"authfile": "/nonexistent/auth.json"}, "Option authfile names /nonexistent/auth.json, which does not exist"),
 ])
 def test_signature_check_bad_input(capsys, etc, change, words):
     args = {"images": ["quay.io/a/b@sha256:" + "a" * 64], "policy": str(etc / "policy.json"), "registries_d": str(etc / "registries.d"),
