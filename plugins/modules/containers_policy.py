@@ -23,7 +23,7 @@ description:
     no empty requirement list, one key source per requirement), rendered, read back, and written
     atomically; a policy that would break every pull on the host is never written. The key files
     must exist on the host and hold public keys (RSA, ECDSA or Ed25519).
-  - Signatures are looked for where C(registries.d) enables C(use-sigstore-attachments): behind a
+  - Signatures are looked for where C(registries.d) enables C(use-sigstore-attachments); behind a
     mirror, for the mirror's repositories (see M(airgap.microshift.registries_d)).
   - With O(state=absent), the entries of O(scopes) and O(exceptions) are removed (those images fall
     back to broader scopes or the default).
@@ -79,9 +79,9 @@ options:
     default: []
   signed_identity:
     description:
-      - Which identity a signature must name. V(matchRepoDigestOrExact) (Red Hat's choice): the image's
-        repository for a pull by digest, the exact reference for a pull by tag. V(matchRepository): the
-        repository. V(matchExact): the exact reference.
+      - Which identity a signature must name. V(matchRepoDigestOrExact) (Red Hat's choice) means the image's
+        repository for a pull by digest, the exact reference for a pull by tag. V(matchRepository) means the
+        repository. V(matchExact) means the exact reference.
     type: str
     choices: [matchRepoDigestOrExact, matchRepository, matchExact]
     default: matchRepoDigestOrExact

@@ -37,7 +37,7 @@ description:
     attachments a registry keeps under the tag C(sha256-<hex>.sig) next to the image; an absent
     tag means the manifest is unsigned. They are stored as ordinary blobs of the store, so
     transfer sets carry them and M(airgap.microshift.image_upload) pushes them to the mirror.
-  - With O(signature_scopes), images under those scopes must be signed by one of O(signature_keys):
+  - With O(signature_scopes), images under those scopes must be signed by one of O(signature_keys);
     the signature of each per-architecture manifest (the one a host pulls and its policy checks)
     must verify, name that manifest's digest and the image's repository, and a signed index must
     verify too. The check runs in Python before any layer is copied (no sigstore-enabled skopeo is
@@ -118,7 +118,7 @@ options:
   signature_scopes:
     description:
       - Registry scopes whose images must be signed by one of O(signature_keys), as in
-        containers-policy.json(5) (C(quay.io/openshift-release-dev), C(registry.redhat.io)): a
+        containers-policy.json(5) (C(quay.io/openshift-release-dev), C(registry.redhat.io)); a
         registry, a repository namespace or a repository.
       - An image under such a scope whose signature is missing or does not verify fails, naming
         the reason; with O(keep_going=false) it stops the download like any failure.
@@ -136,7 +136,7 @@ options:
     version_added: 0.1.0
   signature_keys:
     description:
-      - Public key files (PEM C(PUBLIC KEY): RSA, ECDSA or Ed25519) on the host that runs the
+      - Public key files (PEM C(PUBLIC KEY), RSA, ECDSA or Ed25519) on the host that runs the
         module, any of which may have made the signatures required by O(signature_scopes), such as
         Red Hat's release key 3.
     type: list

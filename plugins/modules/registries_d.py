@@ -12,10 +12,10 @@ short_description: Make a host's containers tools read sigstore attachments from
 version_added: 0.1.0
 description:
   - Writes a containers-registries.d(5) file (C(/etc/containers/registries.d/*.yaml)) that sets
-    C(use-sigstore-attachments: true) for each of O(namespaces), so podman, skopeo and CRI-O read an
+    C(use-sigstore-attachments) to V(true) for each of O(namespaces), so podman, skopeo and CRI-O read an
     image's signatures from the C(sha256-<hex>.sig) tags next to it.
   - Behind a mirror, the containers tools read the image and its signatures from the MIRROR, and
-    look this setting up by the mirror's repository: name the mirror (C(host:port), with its namespace
+    look this setting up by the mirror's repository, so name the mirror (C(host:port), with its namespace
     path if the images are mirrored under one). The signature policy itself
     (M(airgap.microshift.containers_policy)) names the original registries.
   - The containers tools refuse the whole registries.d directory (so every pull fails) when two of its
@@ -40,7 +40,7 @@ attributes:
 options:
   path:
     description:
-      - The file to write. It must end in C(.yaml): the containers tools read no other file of the directory.
+      - The file to write. It must end in C(.yaml); the containers tools read no other file of the directory.
     type: path
     default: /etc/containers/registries.d/microshift-mirror.yaml
   state:

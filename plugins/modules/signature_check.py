@@ -20,7 +20,7 @@ description:
     the host's architecture for a multi-architecture image (what a pull checks), and that manifest's
     sigstore attachment from the same source, when C(registries.d) enables C(use-sigstore-attachments)
     for the repository read (the mirror's). It then checks the signatures in Python, with the keys the
-    policy names: one must verify, name that manifest's digest, and satisfy the policy's
+    policy names; one must verify, name that manifest's digest, and satisfy the policy's
     C(signedIdentity) rule.
   - Registries are read over HTTPS with the host's trust (the system trust store and
     C(/etc/containers/certs.d/<registry>)) and the credentials of O(authfile).
