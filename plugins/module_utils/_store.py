@@ -248,7 +248,6 @@ def validate_entry(ref, entry, blobs, path):
         raise
     except _strict.OutsideDataError as exc:
         _fail(exc)
-    _validate_signatures(entry, where)
     if parsed.digest and parsed.digest != digest:
         raise StoreError("%s: the reference pins %s but the entry records %s." % (where, parsed.digest, digest))
     if layout != layout_path(ref):
@@ -258,6 +257,8 @@ def validate_entry(ref, entry, blobs, path):
             raise StoreError("%s: a single manifest must list itself, and only itself, under 'manifests'." % where)
     elif media_type not in INDEX_MEDIA_TYPES:
         raise StoreError("%s has media type %r, neither an image manifest nor an index." % (where, media_type[:100]))
+    # after the entry's own digest and manifests: a signature is judged against the image it belongs to
+    _validate_signatures(entry, where)
     for blob_digest, size in image_blobs(entry).items():
         if blobs.get(blob_digest) != size:
             raise StoreError("%s: blob %s (%d bytes) is not listed with that size under 'blobs'." % (where, blob_digest, size))
