@@ -33,7 +33,7 @@ import os
 import re
 
 from ansible_collections.airgap.microshift.plugins.module_utils import _files
-from ansible_collections.airgap.microshift.plugins.module_utils._strict import OutsideDataError, field, load_json
+from ansible_collections.airgap.microshift.plugins.module_utils._strict import OutsideDataError, load_json
 
 try:
     from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm

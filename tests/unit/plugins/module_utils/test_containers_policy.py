@@ -43,7 +43,7 @@ def test_merge_keeps_every_other_entry_and_is_idempotent():
     assert merged["transports"]["docker-daemon"] == RHEL["transports"]["docker-daemon"]
     assert merged["default"] == RHEL["default"]
     assert docker["quay.io/openshift-release-dev"] == [{"type": "sigstoreSigned", "keyPath": KEY,
-                                                         "signedIdentity": {"type": "matchRepoDigestOrExact"}}]
+                                                        "signedIdentity": {"type": "matchRepoDigestOrExact"}}]
     assert docker["registry.redhat.io"] == docker["quay.io/openshift-release-dev"]
     assert docker["registry.redhat.io/unsigned"] == [{"type": "insecureAcceptAnything"}]
     assert RHEL["transports"]["docker"]["registry.redhat.io"][0]["type"] == "signedBy"   # the input is untouched
@@ -89,7 +89,7 @@ def test_remove():
      "unknown key 'keypath'"),
     (lambda d: d["transports"]["docker"].update({"quay.io": [{"type": "sigstoreSigned", "keyData": "not base64"}]}), "is not base64"),
     (lambda d: d["transports"]["docker"].update({"quay.io": [{"type": "sigstoreSigned", "keyPath": KEY,
-                                                               "signedIdentity": {"type": "matchEverything"}}]}), "signedIdentity type"),
+                                                              "signedIdentity": {"type": "matchEverything"}}]}), "signedIdentity type"),
     (lambda d: d["transports"]["docker"].update({"quay.io": [{"type": "signedBy", "keyPath": KEY}]}), "keyType must be one of"),
     (lambda d: d["transports"]["docker"].update({"quay.io": [{"type": "sigstoreSigned", "fulcio": {}}]}), "fulcio needs a rekorPublicKey"),
     (lambda d: d["transports"]["docker"].update({"quay.io": {"type": "reject"}}), "must be a list of requirements"),

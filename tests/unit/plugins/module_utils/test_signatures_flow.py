@@ -139,7 +139,8 @@ def test_upload_pushes_attachments_under_their_tags_and_skips_them_after(local_r
         body, media_type = local_registry.manifest("mirror/up/app", _sigstore.attachment_tag(digest))
         assert "sha256:" + hashlib.sha256(body).hexdigest() == stored[digest]["digest"]
     assert [s["status"] for s in mapping[0]["signatures"]] == ["pushed"] * 3
-    assert mapping[0]["signatures"][0]["mirror"] == "%s/mirror/up/app:%s" % (local_registry.host, _sigstore.attachment_tag(mapping[0]["signatures"][0]["manifest"]))
+    first = mapping[0]["signatures"][0]
+    assert first["mirror"] == "%s/mirror/up/app:%s" % (local_registry.host, _sigstore.attachment_tag(first["manifest"]))
     second, mapping = run_upload()
     assert second.summary(1.0)["signatures_skipped"] == 3 and second.summary(1.0)["signatures_pushed"] == 0
     # another attachment under the tag (a damaged mirror) is replaced by the store's

@@ -13,7 +13,7 @@ import stat
 
 import pytest
 
-from ansible_collections.airgap.microshift.plugins.module_utils import _registries_conf, _signing, _sigstore
+from ansible_collections.airgap.microshift.plugins.module_utils import _registries_conf, _signing
 from ansible_collections.airgap.microshift.plugins.modules import containers_policy, registries_d, signature_check
 from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.modules import run_main, warning_texts
 from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.signatures import sign_image
