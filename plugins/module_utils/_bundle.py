@@ -1163,6 +1163,28 @@ def _read_bundle_file(manifest, found, rel, sha):
     return data
 
 
+# ---------------------------------------------------------------- reading single images out of a set
+
+
+def read_set_index(manifest, found):
+    """The store index a set carries (its ``store.json``), checked against its recorded sha256 and validated."""
+    record = manifest["store_json"]
+    data = _read_bundle_file(manifest, found, record["path"], record["sha256"])
+    path = "%s/%s" % (record["volume"], record["path"])
+    try:
+        index = json.loads(data.decode("utf-8"))
+        validate_index(index, path)
+    except (ValueError, StoreError) as exc:
+        raise BundleError("The store index %s of bundle %s is not valid: %s." % (path, manifest["bundle_id"], exc))
+    return index
+
+
+def extract_blob(manifest, found, digest, store):
+    """Write one blob the set carries into ``store`` (parts joined, hashed before the rename): (bytes, problem)."""
+    os.makedirs(os.path.join(store, BLOB_DIR), exist_ok=True)
+    return _join_blob(store, digest, manifest["blobs"][digest], found)
+
+
 # ---------------------------------------------------------------- receipt
 
 

@@ -1,0 +1,685 @@
+# Copyright: airgap.microshift contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Load a release's images into a host's container storage, from an image store or a transfer set.
+
+Plain functions with no Ansible dependency, for sites without a registry. The store index
+(``store.json``, docs/store-format.md) says everything the plan needs: each image's digest and,
+per architecture, its manifest, config and layers. The plan of one host is:
+
+- the images of its list that its storage does not hold by digest (read through skopeo);
+- the blobs those images need: their manifests and configs always, and every layer no image the
+  storage already holds carries (the storage reuses such a layer without reading the source);
+- the bytes that costs: the blobs to read or carry (compressed, as stored), and an estimate of
+  what the storage writes (layers unpacked, from the size recorded in a gzip layer's trailer; the
+  ``vfs`` driver keeps a full copy of the tree below each layer) and of skopeo's temporary copies.
+
+:func:`plan` is pure; :class:`Loader` reads the source, checks the free space, copies the
+missing images with skopeo (two images that write the same new layer never run together, so it
+is written once) and verifies every image of the list through skopeo afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+import tempfile
+import time
+
+from ansible_collections.airgap.microshift.plugins.module_utils import _bundle
+from ansible_collections.airgap.microshift.plugins.module_utils import _store
+from ansible_collections.airgap.microshift.plugins.module_utils import _workers
+from ansible_collections.airgap.microshift.plugins.module_utils._containers_storage import (
+    StorageError,
+    storage_names,
+)
+from ansible_collections.airgap.microshift.plugins.module_utils._reference import InvalidReference, parse_reference
+from ansible_collections.airgap.microshift.plugins.module_utils._upload import PushScheduler
+
+RECORD_FORMAT = 1
+RECORD_KIND = "airgap.microshift.host-images"
+# Without a size in the layer itself (zstd without a content size, another format), its unpacked
+# size is guessed as this many times its compressed size.
+UNKNOWN_RATIO = 3
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
+
+
+class LoadError(Exception):
+    """One sentence naming the image, blob, file or path at fault; ``details`` for the module's return."""
+
+    def __init__(self, message, **details):
+        super(LoadError, self).__init__(message)
+        self.details = details
+
+
+# --------------------------------------------------------------------------- the plan (pure)
+
+
+def platform_name(architecture):
+    return "linux/%s" % architecture
+
+
+def image_for_platform(index, ref, platform):
+    """What loading ``ref`` for ``platform`` reads: ``{"ref", "digest", "names", "manifest", "config", "layers", "blobs", "layout"...}``."""
+    entry = index["images"].get(ref)
+    if not isinstance(entry, dict) or not entry.get("digest"):
+        raise LoadError("Image %s is not in the image source." % ref, missing_images=[ref])
+    manifests = entry.get("manifests") or []
+    chosen = [m for m in manifests if m.get("platform") == platform]
+    if not chosen and len(manifests) == 1 and manifests[0].get("digest") == entry["digest"] and not manifests[0].get("platform"):
+        chosen = manifests
+    if not chosen:
+        have = ", ".join(sorted(str(m.get("platform")) for m in manifests)) or "none"
+        raise LoadError("Image %s has no %s manifest in the image source (it has %s)." % (ref, platform, have))
+    manifest = chosen[0]
+    blobs = manifest.get("blobs") or []
+    if not blobs:
+        raise LoadError("Image %s lists no config for its %s manifest in the image source." % (ref, platform))
+    needs = {entry["digest"]: entry.get("manifest_size"), manifest["digest"]: manifest["size"]}
+    for blob in blobs:
+        needs[blob["digest"]] = blob["size"]
+    return {
+        "ref": ref,
+        "digest": entry["digest"],
+        "names": storage_names(ref, entry["digest"]),
+        "media_type": entry.get("media_type"),
+        "manifest_size": entry.get("manifest_size"),
+        "manifest": manifest["digest"],
+        "config": blobs[0]["digest"],
+        "layers": [(blob["digest"], blob["size"], blob.get("media_type") or "") for blob in blobs[1:]],
+        "blobs": needs,
+        "size": sum(needs.values()),
+    }
+
+
+def held_layers(index, platform, held_digests):
+    """Layers (compressed digests) of the images of ``index`` that the storage holds by digest."""
+    layers = set()
+    for ref, entry in index["images"].items():
+        if entry.get("digest") not in held_digests:
+            continue
+        try:
+            image = image_for_platform(index, ref, platform)
+        except LoadError:
+            continue
+        layers.update(digest for digest, _size, _type in image["layers"])
+    return layers
+
+
+def plan(index, refs, platform, held, driver="overlay", unpacked=None):
+    """The load plan of one host.
+
+    ``held`` maps each storage name (``repo@digest``, ``repo:tag``) the storage resolves to the
+    digest it resolves to; it should cover every image of ``index`` (not only ``refs``), so that the
+    layers of a previous release count as held. ``unpacked`` maps a layer digest to its unpacked
+    size (see :func:`unpacked_size`); layers missing from it count ``UNKNOWN_RATIO`` times their size.
+    """
+    unpacked = unpacked or {}
+    wanted = []
+    for ref in refs:
+        if ref not in wanted:
+            wanted.append(ref)
+    images = [image_for_platform(index, ref, platform) for ref in wanted]
+    held_digests = set()
+    for name, digest in held.items():
+        try:
+            parsed = parse_reference(name)
+        except InvalidReference:
+            continue
+        if parsed.digest and parsed.digest == digest:
+            held_digests.add(digest)
+    reusable = held_layers(index, platform, held_digests)
+    to_load, present = [], []
+    for image in images:
+        digests = (image["digest"], image["manifest"])
+        missing_names = [name for name in image["names"] if held.get(name) not in digests]
+        if missing_names:
+            image["missing_names"] = missing_names
+            to_load.append(image)
+        else:
+            present.append(image)
+    needed = {}
+    for image in to_load:
+        new_layers = {}
+        for digest, size in image["blobs"].items():
+            if digest in reusable:
+                continue
+            needed[digest] = size
+        for digest, size, _type in image["layers"]:
+            if digest not in reusable:
+                new_layers[digest] = size
+        image["new_layers"] = new_layers
+    # What the storage writes: each new chain of layers once (a layer's id is its chain).
+    chains = set()
+    storage_bytes = 0
+    for image in to_load:
+        below = 0
+        chain = ()
+        for digest, size, _type in image["layers"]:
+            chain += (digest,)
+            own = unpacked.get(digest, size * UNKNOWN_RATIO)
+            below += own
+            if chain in chains or digest in reusable and _chain_held(chain, reusable):
+                continue
+            chains.add(chain)
+            storage_bytes += below if driver == "vfs" else own
+        storage_bytes += image["blobs"].get(image["config"], 0)
+    return {
+        "platform": platform,
+        "images": images,
+        "to_load": to_load,
+        "present": present,
+        "blobs": needed,
+        "bytes": sum(needed.values()),
+        "storage_bytes": storage_bytes,
+        # skopeo keeps the compressed layers of the image it copies in a temporary directory.
+        "temp_bytes": max([sum(image["new_layers"].values()) for image in to_load] or [0]),
+        "unique_bytes": _unique_bytes(images),
+    }
+
+
+def subset_index(index, images):
+    """The store index of only the planned ``images``, each with only its platform's manifest: what a host needs to load them."""
+    subset = {"format": index.get("format", _store.STORE_FORMAT), "images": {}, "blobs": {}}
+    for image in images:
+        entry = dict(index["images"][image["ref"]])
+        entry["manifests"] = [m for m in entry.get("manifests") or [] if m.get("digest") == image["manifest"]]
+        subset["images"][image["ref"]] = entry
+        for digest in _store.image_blobs(entry):
+            if digest in index["blobs"]:
+                subset["blobs"][digest] = index["blobs"][digest]
+    return subset
+
+
+def _chain_held(chain, reusable):
+    # A chain whose every layer the storage holds is most likely held as it is; when not, the storage
+    # makes the layer from the one it holds (no source read, a copy on disk) and the estimate misses it.
+    return all(digest in reusable for digest in chain)
+
+
+def _unique_bytes(images):
+    blobs = {}
+    for image in images:
+        blobs.update(image["blobs"])
+    return sum(blobs.values())
+
+
+def unpacked_size(path, size, media_type=""):
+    """The unpacked size of a layer file: a gzip trailer's ISIZE, a zstd frame's content size, a plain tar's size.
+
+    None when the file does not say (the caller then estimates).
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(18)
+            if head.startswith(GZIP_MAGIC) and size >= 18:
+                handle.seek(size - 4)
+                isize = struct.unpack("<I", handle.read(4))[0]
+                # ISIZE is modulo 2**32: a layer that unpacks to more than 4 GiB wraps.
+                while isize + 2 ** 31 < size:
+                    isize += 2 ** 32
+                return isize
+            if head.startswith(ZSTD_MAGIC):
+                return _zstd_content_size(head)
+    except (IOError, OSError, struct.error):
+        return None
+    if "tar" in media_type and "gzip" not in media_type and "zstd" not in media_type:
+        return size
+    return None
+
+
+def _zstd_content_size(head):
+    descriptor = head[4]
+    fcs_flag = descriptor >> 6
+    single = (descriptor >> 5) & 1
+    dict_flag = descriptor & 3
+    offset = 5 + (0 if single else 1) + (0, 1, 2, 4)[dict_flag]
+    length = (1 if single else 0, 2, 4, 8)[fcs_flag]
+    if length == 0 or len(head) < offset + length:
+        return None
+    value = int.from_bytes(head[offset:offset + length], "little")
+    return value + 256 if length == 2 else value
+
+
+def space_needs(entries):
+    """Group ``(path, bytes)`` by filesystem: ``[{"paths", "bytes", "free"}]``, one entry per device."""
+    groups = {}
+    for path, nbytes in entries:
+        probe = _existing(path)
+        device = os.stat(probe).st_dev
+        group = groups.setdefault(device, {"paths": [], "bytes": 0, "free": _store.free_bytes(probe)})
+        group["paths"].append(path)
+        group["bytes"] += nbytes
+    return list(groups.values())
+
+
+def _existing(path):
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    return probe
+
+
+def check_space(entries, what):
+    """Fail, naming the path and the bytes, when a filesystem lacks the room ``entries`` need."""
+    for group in space_needs(entries):
+        if group["bytes"] > group["free"]:
+            raise LoadError("%s has %d bytes (%s) free but %s needs %d bytes (%s); nothing was written." % (
+                " and ".join(group["paths"]), group["free"], _bundle.human_size(group["free"]), what,
+                group["bytes"], _bundle.human_size(group["bytes"])),
+                needed=group["bytes"], free=group["free"], path=group["paths"][0])
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class StoreSource(object):
+    """An image store (``store.json`` + ``blobs/``) on the host: read in place."""
+
+    kind = "store"
+
+    def __init__(self, path, index_text=None):
+        self.path = os.path.abspath(path)
+        if index_text is not None:
+            self.index = parse_index(index_text)
+        else:
+            try:
+                self.index = _bundle.load_store(self.path)
+            except _bundle.BundleError as exc:
+                raise LoadError(str(exc))
+        self.blob_dir = os.path.join(self.path, _store.BLOBS_DIR)
+
+    def describe(self):
+        return {"kind": self.kind, "path": self.path}
+
+    def check(self, blobs, parallel, images):
+        """Every blob the plan reads is in place with its size and hashes to its name."""
+        def check(item):
+            digest, size = item
+            return digest, _store.verify_blob(self.path, digest, size, check_digest=True)
+        problems = [(d, p) for d, p in _workers.run_parallel(sorted(blobs.items(), key=lambda i: -i[1]), parallel, check) if p]
+        if problems:
+            digest, problem = problems[0]
+            users = [image["ref"] for image in images if digest in image["blobs"]]
+            raise LoadError("The image store %s cannot load %s: %s%s; nothing was written." % (
+                self.path, users[0] if users else "the images", problem,
+                " (and %d more blob problem(s))" % (len(problems) - 1) if len(problems) > 1 else ""),
+                bad_blobs=[d for d, _p in problems])
+
+    def blob_path(self, digest):
+        return _store.blob_path(self.path, digest)
+
+    def check_available(self, blobs, images):
+        """The blobs of the plan the store lacks (or holds with another size): ``{digest: size}``, found by a stat each."""
+        return dict((digest, size) for digest, size in blobs.items() if _store.blob_size(self.path, digest) != size)
+
+    def prepare(self, blobs, parallel, images):
+        self.check(blobs, parallel, images)
+        return 0
+
+    def staging_bytes(self, blobs):
+        return 0
+
+    def cleanup(self):
+        pass
+
+
+class SetSource(object):
+    """A transfer set (volumes of ``image_bundle`` pack) on the host: only the blobs the plan needs are
+    joined into a staging store, each hashed before it is renamed into place."""
+
+    kind = "transfer_set"
+
+    def __init__(self, paths, staging):
+        self.paths = [os.path.abspath(p) for p in paths]
+        self.staging = os.path.abspath(staging)
+        try:
+            self.manifest, self.found, problems = _bundle.load_bundle(self.paths)
+        except _bundle.BundleError as exc:
+            raise LoadError(str(exc))
+        total = self.manifest["volume_count"]
+        absent = [n for n in sorted(self.manifest["volumes"]) if n not in self.found]
+        if absent:
+            raise LoadError("Bundle %s is incomplete: %s." % (self.manifest["bundle_id"], "; ".join(
+                "%s of %d is missing" % (n, total) for n in absent)), missing_volumes=absent)
+        if problems:
+            raise LoadError("Bundle %s has unreadable manifests: %s." % (self.manifest["bundle_id"], ", ".join(problems)),
+                            corrupt=problems)
+        try:
+            self.index = _bundle.read_set_index(self.manifest, self.found)
+        except _bundle.BundleError as exc:
+            raise LoadError(str(exc), **exc.details)
+        self.blob_dir = os.path.join(self.staging, _store.BLOBS_DIR)
+        self.written = False
+
+    def describe(self):
+        return {"kind": self.kind, "path": ", ".join(self.paths), "bundle_id": self.manifest["bundle_id"],
+                "release": self.manifest.get("release"), "delta": bool(self.manifest.get("delta")), "staging": self.staging}
+
+    def absent_blobs(self, blobs):
+        return sorted(d for d in blobs if d not in self.manifest["blobs"])
+
+    def staging_bytes(self, blobs):
+        return sum(size for digest, size in blobs.items() if _store.blob_size(self.staging, digest) != size)
+
+    def blob_path(self, digest):
+        return _store.blob_path(self.staging, digest)
+
+    def check_available(self, blobs, images):
+        """Every blob the plan reads is carried by the set (a delta carries only new blobs)."""
+        absent = self.absent_blobs(blobs)
+        if absent:
+            users = [image["ref"] for image in images if absent[0] in image["blobs"]]
+            base = self.manifest.get("base") or {}
+            raise LoadError("Bundle %s%s does not carry blob %s needed by %s, and the container storage holds no image "
+                            "that has it; load the release it builds on first." % (
+                                self.manifest["bundle_id"], " (a delta on release %s)" % base.get("release") if base else "",
+                                absent[0], users[0] if users else "the images"), missing_blobs=absent)
+        return {}
+
+    def prepare(self, blobs, parallel, images):
+        """Join every needed blob into the staging store; on a corrupt one, remove what this run wrote."""
+        self.check_available(blobs, images)
+        todo = [d for d in sorted(blobs, key=lambda d: -blobs[d]) if _store.blob_size(self.staging, d) != blobs[d]]
+        os.makedirs(os.path.join(self.staging, *_bundle.BLOB_DIR.split("/")), exist_ok=True)
+        self.written = True
+        _bundle.remove_stale_temps(os.path.join(self.staging, *_bundle.BLOB_DIR.split("/")))
+        results = _workers.run_parallel(todo, parallel, lambda d: _bundle.extract_blob(self.manifest, self.found, d, self.staging))
+        corrupt = sorted(problem for _n, problem in results if problem)
+        if corrupt:
+            self.cleanup()
+            raise LoadError("Bundle %s holds corrupt file(s), nothing was loaded: %s." % (self.manifest["bundle_id"], ", ".join(corrupt)),
+                            corrupt=corrupt)
+        return sum(n for n, _p in results)
+
+    def cleanup(self):
+        if self.written:
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def parse_index(text, where="the index option"):
+    """A store index given as JSON text (the ``store.json`` of a store elsewhere), validated."""
+    try:
+        index = json.loads(text)
+        _store.validate_index(index, where)
+    except ValueError as exc:
+        raise LoadError("The store index in %s is not valid JSON: %s." % (where, exc))
+    except _store.StoreError as exc:
+        raise LoadError("The store index in %s is not usable: %s." % (where, exc))
+    for digest, size in index["blobs"].items():
+        if not _DIGEST_RE.match(str(digest)) or not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise LoadError("The store index in %s lists an invalid blob %r: %r." % (where, digest, size))
+    return index
+
+
+def open_source(paths, staging, index_text=None):
+    """A :class:`StoreSource` for a directory holding ``store.json`` (or when the index is given), else a :class:`SetSource`."""
+    if index_text is not None:
+        if len(paths) != 1:
+            raise LoadError("With an index, give one image store directory as the source, not %d paths." % len(paths))
+        return StoreSource(paths[0], index_text)
+    if len(paths) == 1 and os.path.isfile(os.path.join(paths[0], _store.STORE_INDEX)):
+        return StoreSource(paths[0])
+    for path in paths:
+        if not os.path.isdir(path):
+            raise LoadError("The image source %s is not a directory." % path)
+    return SetSource(paths, staging)
+
+
+# --------------------------------------------------------------------------- the record of what was loaded
+
+
+def read_record(path):
+    try:
+        with open(path, "rb") as handle:
+            data = json.loads(handle.read().decode("utf-8"))
+    except (IOError, OSError):
+        return {"format": RECORD_FORMAT, "kind": RECORD_KIND, "storages": {}}
+    except ValueError as exc:
+        raise LoadError("The record %s is not valid JSON (%s); move it away to start a new one." % (path, exc))
+    if not isinstance(data, dict) or data.get("kind") != RECORD_KIND or not isinstance(data.get("storages"), dict):
+        raise LoadError("The file %s is not a record of loaded images; give another path." % path)
+    return data
+
+
+def write_record(path, record):
+    """Write the record atomically; False when it already says the same."""
+    return _bundle.write_atomic(path, _bundle.canonical_json(record), mode=0o644)
+
+
+# --------------------------------------------------------------------------- running a load
+
+
+def query_held(tool, index, refs, platform, parallel):
+    """``{name: digest}`` for every storage name of the images of ``index`` (and ``refs``) that the storage resolves."""
+    names = set()
+    for ref, entry in index["images"].items():
+        if entry.get("digest"):
+            names.update(storage_names(ref, entry["digest"]))
+    for ref in refs:
+        entry = index["images"].get(ref)
+        if entry and entry.get("digest"):
+            names.update(storage_names(ref, entry["digest"]))
+    if tool.storage.is_empty():
+        return {}
+    found = _workers.run_parallel(sorted(names), parallel, lambda name: (name, tool.manifest_digest(name)))
+    return dict((name, digest) for name, digest in found if digest)
+
+
+class Loader(object):
+    """One load: plan, check, write, verify. ``run()`` returns the module's result."""
+
+    def __init__(self, tool, source, refs, architecture, parallel=2, prune=False, record_path=None, check_mode=False,
+                 temp_dir=None, clock=time.monotonic):
+        self.tool = tool
+        self.source = source
+        self.refs = list(refs)
+        self.architecture = architecture
+        self.platform = platform_name(architecture)
+        self.parallel = max(1, int(parallel))
+        self.prune = prune
+        self.record_path = record_path
+        self.check_mode = check_mode
+        self.temp_dir = temp_dir or os.environ.get("TMPDIR") or "/var/tmp"
+        self.clock = clock
+
+    def layer_sizes(self, images):
+        sizes = {}
+        for image in images:
+            for digest, size, media_type in image["layers"]:
+                if digest in sizes:
+                    continue
+                path = self.source.blob_path(digest)
+                if os.path.exists(path):
+                    found = unpacked_size(path, size, media_type)
+                    if found is not None:
+                        sizes[digest] = found
+        return sizes
+
+    def make_plan(self, held):
+        draft = plan(self.source.index, self.refs, self.platform, held, self.tool.storage.driver)
+        # Unpacked sizes can be read only where the layer already is: in a store, or in a staging
+        # store a previous, interrupted run filled. A set's layers are read from the set.
+        sizes = self.layer_sizes(draft["to_load"])
+        if isinstance(self.source, SetSource):
+            sizes.update(self._set_layer_sizes(draft))
+        return plan(self.source.index, self.refs, self.platform, held, self.tool.storage.driver, sizes)
+
+    def _set_layer_sizes(self, draft):
+        sizes = {}
+        manifest = self.source.manifest
+        for image in draft["to_load"]:
+            for digest, size, media_type in image["layers"]:
+                record = manifest["blobs"].get(digest)
+                if record is None or digest in sizes:
+                    continue
+                if "parts" in record:
+                    last = record["parts"][-1]
+                    path = os.path.join(self.source.found.get(last["volume"], ""), last["path"])
+                    found = _last_four(path, last["size"]) if size >= 18 else None
+                    if found is not None and _starts_gzip(os.path.join(self.source.found.get(record["parts"][0]["volume"], ""),
+                                                                      record["parts"][0]["path"])):
+                        while found + 2 ** 31 < size:
+                            found += 2 ** 32
+                        sizes[digest] = found
+                    continue
+                path = os.path.join(self.source.found.get(record["volume"], ""), record["path"])
+                found = unpacked_size(path, size, media_type)
+                if found is not None:
+                    sizes[digest] = found
+        return sizes
+
+    def removals(self, record):
+        """Images this module loaded into this storage earlier that no ref of the list wants any more."""
+        loaded = record["storages"].get(self.tool.storage.graphroot, {})
+        wanted = set()
+        for ref in self.refs:
+            entry = self.source.index["images"].get(ref) or {}
+            wanted.add(entry.get("digest"))
+        return sorted((ref, digest) for ref, digest in loaded.items() if ref not in self.refs and digest not in wanted)
+
+    def run(self):
+        started = self.clock()
+        record = read_record(self.record_path) if self.record_path else None
+        held = query_held(self.tool, self.source.index, self.refs, self.platform, self.parallel * 2)
+        the_plan = self.make_plan(held)
+        to_load = the_plan["to_load"]
+        removals = self.removals(record) if (self.prune and record is not None) else []
+        fetch = self.source.check_available(the_plan["blobs"], to_load) if to_load else {}
+        staging_bytes = self.source.staging_bytes(the_plan["blobs"])
+        result = {
+            "source": self.source.describe(),
+            "storage": self.tool.storage.describe(),
+            "platform": self.platform,
+            "images": len(the_plan["images"]),
+            "loaded": [image["ref"] for image in to_load],
+            "present": [image["ref"] for image in the_plan["present"]],
+            "pruned": [ref for ref, _d in removals],
+            "blobs": len(the_plan["blobs"]),
+            "bytes": the_plan["bytes"],
+            "unique_bytes": the_plan["unique_bytes"],
+            "fetch": sorted(_store.blob_relpath(digest) for digest in fetch),
+            "fetch_index": subset_index(self.source.index, to_load),
+            "fetch_bytes": sum(fetch.values()),
+            "staging_bytes": staging_bytes,
+            "storage_bytes": the_plan["storage_bytes"],
+            "temp_bytes": the_plan["temp_bytes"],
+        }
+        if to_load:
+            needs = [(self.tool.storage.graphroot, the_plan["storage_bytes"]),
+                     (self.temp_dir, the_plan["temp_bytes"] * min(self.parallel, len(to_load)))]
+            if staging_bytes:
+                needs.append((self.source.staging, staging_bytes))
+            if fetch:
+                needs.append((self.source.path, result["fetch_bytes"]))
+            check_space(needs, "loading %d image(s) (%d bytes of blobs)" % (len(to_load), the_plan["bytes"]))
+        record_changed = False
+        if self.record_path:
+            record_changed = self.updated_record(record, the_plan, removals) != record
+        result["changed"] = bool(to_load or removals or record_changed)
+        if self.check_mode:
+            result["seconds"] = round(self.clock() - started, 3)
+            return result
+        if fetch:
+            first = sorted(fetch)[0]
+            users = [image["ref"] for image in to_load if first in image["blobs"]]
+            raise LoadError("The image store %s lacks %d blob(s) needed to load %s, for example %s; nothing was written." % (
+                self.source.path, len(fetch), users[0] if users else "the images", first), fetch=result["fetch"])
+        written = 0
+        try:
+            if to_load:
+                written = self.source.prepare(the_plan["blobs"], self.parallel, to_load)
+                self.load_all(to_load)
+        finally:
+            self.source.cleanup()
+        try:
+            for ref, digest in removals:
+                for name in storage_names(ref, digest):
+                    self.tool.delete(name)
+        except StorageError as exc:
+            raise LoadError(str(exc))
+        problems = self.verify(the_plan["images"])
+        if problems:
+            raise LoadError("After loading, the container storage %s does not hold %d image(s) by digest: %s." % (
+                self.tool.storage.graphroot, len(problems), ", ".join(problems[:5])), not_verified=problems)
+        if self.record_path and record_changed:
+            os.makedirs(os.path.dirname(os.path.abspath(self.record_path)), exist_ok=True)
+            write_record(self.record_path, self.updated_record(record, the_plan, removals))
+        result["bytes_staged"] = written
+        result["verified"] = len(the_plan["images"])
+        result["seconds"] = round(self.clock() - started, 3)
+        return result
+
+    def updated_record(self, record, the_plan, removals):
+        record = json.loads(json.dumps(record))
+        loaded = record["storages"].setdefault(self.tool.storage.graphroot, {})
+        for ref, _digest in removals:
+            loaded.pop(ref, None)
+        for image in the_plan["images"]:
+            loaded[image["ref"]] = image["digest"]
+        return record
+
+    def load_all(self, to_load):
+        layouts = tempfile.mkdtemp(prefix=".layouts-", dir=_writable_parent(self.source))
+        try:
+            by_ref = {}
+            for number, image in enumerate(to_load, 1):
+                path = os.path.join(layouts, "%04d" % number)
+                _store.write_layout(layouts, "%04d" % number, image["digest"], image["media_type"], image["manifest_size"])
+                by_ref[image["ref"]] = (image, path)
+            scheduler = PushScheduler(dict((image["ref"], image["new_layers"]) for image in to_load))
+
+            def work(ref):
+                image, path = by_ref[ref]
+                for name in image["missing_names"]:
+                    self.tool.load(path, self.source.blob_dir, name, self.architecture)
+                return True
+            _workers.run_scheduled(scheduler, self.parallel, work)
+        except StorageError as exc:
+            raise LoadError(str(exc))
+        finally:
+            shutil.rmtree(layouts, ignore_errors=True)
+
+    def verify(self, images):
+        """Names (``repo@digest``, ``repo:tag``) the storage does not resolve to the image's digest."""
+        checks = [(image, name) for image in images for name in image["names"]]
+
+        def check(item):
+            image, name = item
+            found = self.tool.manifest_digest(name)
+            return None if found in (image["digest"], image["manifest"]) else name
+        try:
+            return [name for name in _workers.run_parallel(checks, self.parallel * 2, check) if name]
+        except StorageError as exc:
+            raise LoadError(str(exc))
+
+
+def _writable_parent(source):
+    # Layouts are a few hundred bytes per image: next to the staging store of a set, in the temp dir for a store.
+    if isinstance(source, SetSource):
+        os.makedirs(source.staging, exist_ok=True)
+        return source.staging
+    return None
+
+
+def _last_four(path, size):
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(size - 4)
+            return struct.unpack("<I", handle.read(4))[0]
+    except (IOError, OSError, struct.error):
+        return None
+
+
+def _starts_gzip(path):
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(2) == GZIP_MAGIC
+    except (IOError, OSError):
+        return False

@@ -1,0 +1,237 @@
+# Copyright: airgap.microshift contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Loading images into a container storage: the plan (pure), layer sizes, storage names, and a real
+load with skopeo into a throw-away vfs storage."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+
+import pytest
+
+from ansible_collections.airgap.microshift.plugins.module_utils import _containers_storage as cs
+from ansible_collections.airgap.microshift.plugins.module_utils import _load
+from ansible_collections.airgap.microshift.plugins.module_utils import _store
+
+INDEX_MT = "application/vnd.oci.image.index.v1+json"
+MANIFEST_MT = "application/vnd.oci.image.manifest.v1+json"
+LAYER_MT = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+def _put(store, data):
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    _store.put_blob(store, digest, data)
+    return digest, len(data)
+
+
+def _layer(name, content):
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        info = tarfile.TarInfo(name)
+        info.size = len(content)
+        tar.addfile(info, io.BytesIO(content))
+    data = raw.getvalue()
+    return gzip.compress(data, mtime=0), "sha256:" + hashlib.sha256(data).hexdigest(), len(data)
+
+
+def add_image(store, ref, layers, arches=("amd64", "arm64")):
+    """An OCI index over one manifest per architecture, written into ``store`` and recorded in store.json."""
+    os.makedirs(store, exist_ok=True)
+    descriptors, entry_manifests = [], []
+    for arch in arches:
+        blobs, diff_ids = [], []
+        for name, content in layers:
+            gz, diff_id, _size = _layer(name, content + arch.encode())
+            digest, size = _put(store, gz)
+            blobs.append({"digest": digest, "size": size, "media_type": LAYER_MT})
+            diff_ids.append(diff_id)
+        config = json.dumps({"architecture": arch, "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids},
+                             "config": {}}).encode()
+        cdigest, csize = _put(store, config)
+        manifest = json.dumps({"schemaVersion": 2, "mediaType": MANIFEST_MT,
+                               "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cdigest, "size": csize},
+                               "layers": [{"mediaType": LAYER_MT, "digest": b["digest"], "size": b["size"]} for b in blobs]}).encode()
+        mdigest, msize = _put(store, manifest)
+        descriptors.append({"mediaType": MANIFEST_MT, "digest": mdigest, "size": msize,
+                            "platform": {"architecture": arch, "os": "linux"}})
+        entry_manifests.append({"digest": mdigest, "size": msize, "media_type": MANIFEST_MT, "platform": "linux/" + arch,
+                                "blobs": [{"digest": cdigest, "size": csize, "media_type": "c"}] + blobs})
+    index = json.dumps({"schemaVersion": 2, "mediaType": INDEX_MT, "manifests": descriptors}).encode()
+    idigest, isize = _put(store, index)
+    if "@" not in ref.rsplit("/", 1)[-1] and ":" not in ref.rsplit("/", 1)[-1]:
+        ref = "%s@%s" % (ref, idigest)
+    layout = _store.layout_path(ref)
+    _store.write_layout(store, layout, idigest, INDEX_MT, isize)
+    entry = {"digest": idigest, "media_type": INDEX_MT, "manifest_size": isize, "layout": layout,
+             "manifests": entry_manifests, "size": 0, "fetched": _store.utc_now()}
+    _store.record_image(store, ref, entry)
+    return ref
+
+
+BASE = [("base.bin", b"b" * 4000), ("middle.bin", b"m" * 2000)]
+
+
+@pytest.fixture
+def store(tmp_path):
+    path = str(tmp_path / "store")
+    refs = [add_image(path, "quay.io/example/one", BASE + [("top.bin", b"1" * 500)]),
+            add_image(path, "quay.io/example/two", BASE + [("top.bin", b"2" * 700)]),
+            add_image(path, "registry.example.com/app:v1", BASE[:1] + [("top.bin", b"t" * 300)])]
+    return path, refs
+
+
+def test_plan_reads_each_blob_once_for_the_platform(store):
+    path, refs = store
+    index = _store.read_index(path)
+    plan = _load.plan(index, refs, "linux/amd64", held={})
+    assert [image["ref"] for image in plan["to_load"]] == refs
+    amd64 = {}
+    for image in plan["images"]:
+        entry = index["images"][image["ref"]]
+        manifest = [m for m in entry["manifests"] if m["platform"] == "linux/amd64"][0]
+        amd64[entry["digest"]] = entry["manifest_size"]
+        amd64[manifest["digest"]] = manifest["size"]
+        amd64.update((b["digest"], b["size"]) for b in manifest["blobs"])
+    assert plan["blobs"] == amd64
+    assert plan["bytes"] == sum(amd64.values()) == plan["unique_bytes"]
+    # 3 indexes, 3 manifests, 3 configs; layers: base (in all three) and middle (in two) once, three tops.
+    assert len(plan["blobs"]) == 3 * 3 + 5
+
+
+def test_plan_skips_held_images_and_their_layers(store):
+    path, refs = store
+    index = _store.read_index(path)
+    one = index["images"][refs[0]]["digest"]
+    plan = _load.plan(index, refs, "linux/amd64", held={refs[0]: one})
+    assert [image["ref"] for image in plan["present"]] == [refs[0]]
+    two = plan["to_load"][0]
+    # Only its own top layer is new; base and middle come from image one in the storage.
+    assert len(two["new_layers"]) == 1
+    assert all(d not in plan["blobs"] for d, _s, _t in plan["images"][0]["layers"])
+
+
+def test_plan_names_a_tag_ref_twice_and_loads_it_when_only_the_tag_is_missing(store):
+    path, refs = store
+    index = _store.read_index(path)
+    digest = index["images"][refs[2]]["digest"]
+    names = cs.storage_names(refs[2], digest)
+    assert names == ["registry.example.com/app@" + digest, "registry.example.com/app:v1"]
+    plan = _load.plan(index, [refs[2]], "linux/amd64", held={names[0]: digest})
+    assert plan["to_load"][0]["missing_names"] == [names[1]]
+    # Every layer is held: nothing but the manifests and the config is read.
+    assert plan["to_load"][0]["new_layers"] == {}
+
+
+def test_plan_refuses_an_image_without_the_platform(store):
+    path, refs = store
+    with pytest.raises(_load.LoadError, match="has no linux/s390x manifest"):
+        _load.plan(_store.read_index(path), refs[:1], "linux/s390x", held={})
+    with pytest.raises(_load.LoadError, match="is not in the image source"):
+        _load.plan(_store.read_index(path), ["quay.io/example/absent@sha256:" + "0" * 64], "linux/amd64", held={})
+
+
+@pytest.mark.parametrize("driver, factor", [("overlay", 1), ("vfs", None)])
+def test_storage_estimate_follows_the_driver(store, driver, factor):
+    path, refs = store
+    index = _store.read_index(path)
+    sizes = {}
+    for ref in refs:
+        for manifest in index["images"][ref]["manifests"]:
+            for blob in manifest["blobs"][1:]:
+                sizes[blob["digest"]] = 1000
+    plan = _load.plan(index, refs, "linux/amd64", held={}, driver=driver, unpacked=sizes)
+    configs = sum(image["blobs"][image["config"]] for image in plan["to_load"])
+    layers = plan["storage_bytes"] - configs
+    if driver == "overlay":
+        # 3 + 1 + 1 distinct chains (base, base+middle, base+middle+top1, base+middle+top2, base+top3) of 1000 bytes each
+        assert layers == 5 * 1000
+    else:
+        # vfs keeps the whole tree below each layer: 1 + 2 + 3 + 3 + 2 thousand
+        assert layers == 11 * 1000
+
+
+def test_unpacked_size_reads_the_gzip_trailer(tmp_path):
+    data = os.urandom(5000)
+    path = tmp_path / "layer"
+    path.write_bytes(gzip.compress(data))
+    assert _load.unpacked_size(str(path), path.stat().st_size, LAYER_MT) == 5000
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x" * 700)
+    assert _load.unpacked_size(str(plain), 700, "application/vnd.oci.image.layer.v1.tar") == 700
+    assert _load.unpacked_size(str(plain), 700, "application/octet-stream") is None
+
+
+def test_check_space_names_the_path_and_the_bytes(tmp_path):
+    with pytest.raises(_load.LoadError) as info:
+        _load.check_space([(str(tmp_path / "storage"), 10 ** 18)], "loading 3 image(s)")
+    message = str(info.value)
+    assert str(tmp_path / "storage") in message and "needs %d bytes" % 10 ** 18 in message
+    assert info.value.details["needed"] == 10 ** 18
+
+
+def test_storage_spec_and_conf(tmp_path):
+    conf = tmp_path / "storage.conf"
+    conf.write_text('[storage]\ndriver = "vfs"  # comment\ngraphroot = "/srv/g"\n[storage.options]\ngraphroot = "/nope"\n')
+    found = cs.read_storage_conf(environ={"CONTAINERS_STORAGE_CONF": str(conf)})
+    assert found == {"driver": "vfs", "graphroot": "/srv/g"}
+    default = cs.Storage(conf=found)
+    assert default.spec() == "" and default.graphroot == "/srv/g" and default.driver == "vfs"
+    explicit = cs.Storage("/srv/x", "/run/x", "overlay", conf={})
+    assert explicit.transport_ref("quay.io/a@sha256:" + "1" * 64) == \
+        "containers-storage:[overlay@/srv/x+/run/x]quay.io/a@sha256:" + "1" * 64
+    with pytest.raises(cs.StorageError, match="cannot address"):
+        cs.Storage("/srv/a:b", conf={})
+    assert cs.oci_architecture("x86_64") == "amd64" and cs.oci_architecture("aarch64") == "arm64"
+
+
+needs_skopeo = pytest.mark.skipif(shutil.which("skopeo") is None or os.geteuid() != 0,
+                                  reason="a real load needs skopeo and root (containers-storage)")
+
+
+@needs_skopeo
+def test_real_load_into_a_vfs_storage_and_the_second_run_changes_nothing(store, tmp_path):
+    path, refs = store
+    storage = cs.Storage(str(tmp_path / "graph"), str(tmp_path / "run"), "vfs", conf={})
+    tool = cs.StorageTool(shutil.which("skopeo"), storage)
+    record = str(tmp_path / "record.json")
+
+    def load(refs, check_mode=False, prune=False, source=None):
+        return _load.Loader(tool, source or _load.open_source([path], str(tmp_path / "staging")), refs, "amd64",
+                            record_path=record, check_mode=check_mode, prune=prune).run()
+
+    planned = load(refs, check_mode=True)
+    assert planned["changed"] and planned["loaded"] == refs and not os.path.exists(str(tmp_path / "graph"))
+    first = load(refs)
+    assert first["loaded"] == refs and first["verified"] == 3
+    index = _store.read_index(path)
+    for ref in refs:
+        digest = index["images"][ref]["digest"]
+        assert tool.manifest_digest(cs.storage_names(ref, digest)[0]) == digest
+    again = load(refs)
+    assert not again["changed"] and again["loaded"] == [] and again["bytes"] == 0
+    # Pruning removes only what the record says was loaded and the list no longer names.
+    pruned = load(refs[1:], prune=True)
+    assert pruned["pruned"] == [refs[0]]
+    assert tool.manifest_digest(cs.storage_names(refs[0], index["images"][refs[0]]["digest"])[0]) is None
+
+
+@needs_skopeo
+def test_real_load_fails_before_writing_when_a_blob_is_missing(store, tmp_path):
+    path, refs = store
+    index = _store.read_index(path)
+    manifest = [m for m in index["images"][refs[0]]["manifests"] if m["platform"] == "linux/amd64"][0]
+    os.unlink(_store.blob_path(path, manifest["blobs"][-1]["digest"]))
+    storage = cs.Storage(str(tmp_path / "graph"), str(tmp_path / "run"), "vfs", conf={})
+    loader = _load.Loader(cs.StorageTool(shutil.which("skopeo"), storage), _load.open_source([path], str(tmp_path / "s")),
+                          refs, "amd64", record_path=None)
+    with pytest.raises(_load.LoadError, match="lacks 1 blob"):
+        loader.run()
+    assert not os.path.exists(str(tmp_path / "graph"))
