@@ -184,19 +184,6 @@ def plan(index, refs, platform, held, driver="overlay", unpacked=None):
     }
 
 
-def subset_index(index, images):
-    """The store index of only the planned ``images``, each with only its platform's manifest: what a host needs to load them."""
-    subset = {"format": index.get("format", _store.STORE_FORMAT), "images": {}, "blobs": {}}
-    for image in images:
-        entry = dict(index["images"][image["ref"]])
-        entry["manifests"] = [m for m in entry.get("manifests") or [] if m.get("digest") == image["manifest"]]
-        subset["images"][image["ref"]] = entry
-        for digest in _store.image_blobs(entry):
-            if digest in index["blobs"]:
-                subset["blobs"][digest] = index["blobs"][digest]
-    return subset
-
-
 def _chain_held(chain, reusable):
     # A chain whose every layer the storage holds is most likely held as it is; when not, the storage
     # makes the layer from the one it holds (no source read, a copy on disk) and the estimate misses it.
@@ -565,7 +552,6 @@ class Loader(object):
             "bytes": the_plan["bytes"],
             "unique_bytes": the_plan["unique_bytes"],
             "fetch": sorted(_store.blob_relpath(digest) for digest in fetch),
-            "fetch_index": subset_index(self.source.index, to_load),
             "fetch_bytes": sum(fetch.values()),
             "staging_bytes": staging_bytes,
             "storage_bytes": the_plan["storage_bytes"],

@@ -63,10 +63,10 @@ options:
     required: true
   index:
     description:
-      - The store index (the content of the C(store.json)) of a store that is not on the host yet, as
-        JSON text. O(src) is then the directory the store's blobs will be copied into: in check mode the
-        module returns in RV(fetch) the blobs that directory still lacks, so that only those are carried
-        to the host. Outside check mode every blob must be there.
+      - The store index (the content of the C(store.json)) of a store that is not on the host, as JSON
+        text. O(src) is then the directory the store's blobs are copied into (C(blobs/sha256/<hex>)): in
+        check mode the module returns in RV(fetch) the blobs that directory still lacks, so that only those
+        are carried to the host; outside check mode every blob the load needs must be there.
     type: str
   architecture:
     description:
@@ -192,13 +192,6 @@ fetch:
   type: list
   elements: str
   sample: ["blobs/sha256/5f4b0e1c4a7b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d"]
-fetch_index:
-  description:
-    - The store index of only the images to load (each with only the manifest of O(architecture)): written
-      as C(store.json) next to the fetched blobs, it is all the host needs to load them.
-  returned: always
-  type: dict
-  sample: {"format": 1, "images": {}, "blobs": {}}
 fetch_bytes:
   description: The bytes of RV(fetch).
   returned: always
