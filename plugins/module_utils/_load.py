@@ -533,8 +533,10 @@ class Loader(object):
 
     def run(self):
         started = self.clock()
+        timings = {}
         record = read_record(self.record_path) if self.record_path else None
         held = query_held(self.tool, self.source.index, self.refs, self.platform, self.parallel * 2)
+        timings["query"] = self.clock() - started
         the_plan = self.make_plan(held)
         to_load = the_plan["to_load"]
         removals = self.removals(record) if (self.prune and record is not None) else []
@@ -578,10 +580,14 @@ class Loader(object):
             raise LoadError("The image store %s lacks %d blob(s) needed to load %s, for example %s; nothing was written." % (
                 self.source.path, len(fetch), users[0] if users else "the images", first), fetch=result["fetch"])
         written = 0
+        mark = self.clock()
         try:
             if to_load:
                 written = self.source.prepare(the_plan["blobs"], self.parallel, to_load)
+                timings["prepare"] = self.clock() - mark
+                mark = self.clock()
                 self.load_all(to_load)
+                timings["load"] = self.clock() - mark
         finally:
             self.source.cleanup()
         try:
@@ -590,7 +596,9 @@ class Loader(object):
                     self.tool.delete(name)
         except StorageError as exc:
             raise LoadError(str(exc))
+        mark = self.clock()
         problems = self.verify(the_plan["images"])
+        timings["verify"] = self.clock() - mark
         if problems:
             raise LoadError("After loading, the container storage %s does not hold %d image(s) by digest: %s." % (
                 self.tool.storage.graphroot, len(problems), ", ".join(problems[:5])), not_verified=problems)
@@ -599,6 +607,7 @@ class Loader(object):
             write_record(self.record_path, self.updated_record(record, the_plan, removals))
         result["bytes_staged"] = written
         result["verified"] = len(the_plan["images"])
+        result["timings"] = dict((name, round(value, 3)) for name, value in timings.items())
         result["seconds"] = round(self.clock() - started, 3)
         return result
 
