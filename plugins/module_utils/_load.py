@@ -510,8 +510,8 @@ class Loader(object):
                     last = record["parts"][-1]
                     path = os.path.join(self.source.found.get(last["volume"], ""), last["path"])
                     found = _last_four(path, last["size"]) if size >= 18 else None
-                    if found is not None and _starts_gzip(os.path.join(self.source.found.get(record["parts"][0]["volume"], ""),
-                                                                      record["parts"][0]["path"])):
+                    first = record["parts"][0]
+                    if found is not None and _starts_gzip(os.path.join(self.source.found.get(first["volume"], ""), first["path"])):
                         while found + 2 ** 31 < size:
                             found += 2 ** 32
                         sizes[digest] = found

@@ -64,7 +64,7 @@ options:
   index:
     description:
       - The store index (the content of the C(store.json)) of a store that is not on the host, as JSON
-        text. O(src) is then the directory the store's blobs are copied into (C(blobs/sha256/<hex>)): in
+        text. O(src) is then the directory the store's blobs are copied into (C(blobs/sha256/<hex>)). In
         check mode the module returns in RV(fetch) the blobs that directory still lacks, so that only those
         are carried to the host; outside check mode every blob the load needs must be there.
     type: str
@@ -177,7 +177,7 @@ blobs:
   type: int
   sample: 212
 bytes:
-  description: The bytes of those blobs, compressed as stored: what has to reach the host for this load.
+  description: The bytes of those blobs, compressed as stored (what has to reach the host for this load).
   returned: always
   type: int
   sample: 812345678
@@ -223,7 +223,9 @@ verified:
   type: int
   sample: 57
 timings:
-  description: Seconds spent asking the storage what it holds (V(query)), checking or joining the blobs (V(prepare)), loading (V(load)) and reading every image back (V(verify)).
+  description:
+    - Seconds spent asking the storage what it holds (V(query)), checking or joining the blobs (V(prepare)),
+      loading (V(load)) and reading every image back (V(verify)).
   returned: not check mode
   type: dict
   sample: {"query": 0.9, "prepare": 1.2, "load": 38.1, "verify": 1.5}

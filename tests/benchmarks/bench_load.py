@@ -174,8 +174,9 @@ def main():
         index = json.loads(index_text)
         gone = amd64_refs[:args.changed]
         for ref in gone:
+            name = ref if "@" in ref else ref.rsplit(":", 1)[0] + "@" + index["images"][ref]["digest"]
             sh(sb.exec_argv(first, ["skopeo", "delete", "containers-storage:[%s@%s+%s]%s" % (
-                args.driver, storage(first)["graphroot"], "/run/bench-storage", ref if "@" in ref else ref.split(":")[0] + "@" + index["images"][ref]["digest"])]))
+                args.driver, storage(first)["graphroot"], "/run/bench-storage", name)]))
         rsh = nsrsh(sb, work)
         site = {}
         plans = {}
