@@ -43,16 +43,24 @@ trap teardown EXIT
 echo "==> Raising the sandbox (size ${DEMO_SIZE:-default}, ${DEMO_HOSTS:-2} MicroShift hosts)"
 python -m tests.sandbox up --state-dir "$STATE" --size "${DEMO_SIZE:-default}" --hosts "${DEMO_HOSTS:-2}"
 
+# The transfer signing key pair (docs/signing.md): made once by the signing_key module; the
+# connected host signs with the private half, the bastion trusts the public half. A demo key
+# without passphrase, readable by root only.
+mkdir -p "$DEMO/keys" && chmod 0700 "$DEMO/keys"
+ansible localhost -c local -i localhost, -e 'ansible_python_interpreter={{ ansible_playbook_python }}' \
+    -m airgap.microshift.signing_key -a "path=$DEMO/keys/transfer-signing.key" >/dev/null
+
 # Variables for the playbooks, from the sandbox's state. They carry the mirror's password, so
 # they go in a 0600 file passed with -e @file, never on a command line.
 VARS="$DEMO/vars.yml"
-python - "$STATE/sandbox.json" "$VARS" "$RESULTS" <<'EOF'
+python - "$STATE/sandbox.json" "$VARS" "$RESULTS" "$DEMO/keys" <<'EOF'
 import json
 import os
 import sys
 
 state = json.load(open(sys.argv[1]))
 results = sys.argv[3]
+keys = sys.argv[4]
 mirror = state["mirror"]
 release_dir = state["release"]["dir"]
 components = ["core", "olm", "multus", "gateway-api", "cert-manager", "sriov", "metrics-server",
@@ -67,6 +75,8 @@ variables = {
     "transfer_media_paths": [state["transfer_dir"]],
     "transfer_volume_size": "64MiB",
     "transfer_release": "sandbox",
+    "transfer_signing_key": os.path.join(keys, "transfer-signing.key"),
+    "transfer_trusted_keys": [os.path.join(keys, "transfer-signing.key.pub")],
     "upload_mirror": mirror["hostport"],
     "upload_authfile": "/var/lib/airgap-microshift/mirror-auth.json",
     "upload_mapping_file": os.path.join(results, "mapping.json"),
@@ -112,5 +122,6 @@ Done. Where to look:
   image list         $RESULTS/microshift-container-refs.txt
   mirror mapping     $RESULTS/mapping.json
   run reports        $RESULTS/report/latest.md (and .json, one pair per playbook run)
-  transfer set       $STATE/transfer/vol-*/  (bundle.json, SHA256SUMS; with DEMO_KEEP=1)
+  transfer set       $STATE/transfer/vol-*/  (bundle.json, its signature bundle.json.sig, SHA256SUMS; with DEMO_KEEP=1)
+  signing key pair   $DEMO/keys/transfer-signing.key(.pub)
 EOF

@@ -2,7 +2,8 @@
 # Runs every test of the collection: lint, sanity and units on both ends of the supported
 # ansible-core range (2.19 on Python 3.11, 2.21 on Python 3.12), units of module code on
 # Python 3.9 (RHEL 9's platform Python), the Molecule scenarios, the changelog lint, the
-# documentation render and the built tarball through galaxy-importer.
+# documentation (ansible-doc, the role READMEs against their argument specs, antsibull-docs lint
+# and the documentation site) and the built tarball through galaxy-importer, whose log must be clean.
 #
 # Every stage runs even when an earlier one fails; the last line counts test cases (pytest's
 # own cases from the JUnit files, plus one per other check) as "N passed, N failed".
@@ -125,8 +126,13 @@ if want build; then
         # galaxy-importer runs ansible-lint and ansible-test sanity on its own; those need the
         # collection's Python dependencies, which the importer's environment has.
         (cd "$WORK" && PATH="$ROOT/.venv-importer/bin:$PATH" "$ROOT/.venv-importer/bin/python" -m galaxy_importer.main "$tarball") \
-            | tee "$WORK/importer.log"
-        ! grep -E "^(ERROR|CRITICAL)" "$WORK/importer.log"
+            2>&1 | tee "$WORK/importer.log"
+        [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "galaxy-importer failed"; return 1; }
+        # The import log is what Galaxy shows the collection's users: it must hold no warning.
+        if grep -E "^\[?(WARNING|ERROR|CRITICAL)\b" "$WORK/importer.log"; then
+            echo "galaxy-importer reported the lines above"
+            return 1
+        fi
     }
     check "collection build and galaxy-importer" build_and_import
 fi
@@ -168,8 +174,19 @@ if want docs; then
             ansible-doc -t role "airgap.microshift.$role" >/dev/null || { echo "ansible-doc failed for role $role"; return 1; }
             echo "role $role: ok"
         done
+        for plugin in plugins/callback/*.py; do
+            plugin="$(basename "$plugin" .py)"
+            ansible-doc -t callback "airgap.microshift.$plugin" >/dev/null || { echo "ansible-doc failed for callback $plugin"; return 1; }
+            echo "callback $plugin: ok"
+        done
     }
-    check "ansible-doc renders every module and role" render_docs
+    check "ansible-doc renders every module, role and callback" render_docs
+    # Each role's README.md is written from its meta/argument_specs.yml: it must not drift.
+    check "role READMEs match their argument specs (tools/role_docs.py --check)" python tools/role_docs.py --check
+    check "antsibull-docs lint-collection-docs --plugin-docs" \
+        antsibull-docs lint-collection-docs --plugin-docs "$ANSIBLE_COLLECTIONS_PATH/ansible_collections/airgap/microshift"
+    # The documentation site, built offline into .build/docsite (not committed).
+    check "documentation site (antsibull-docs sphinx-init + Sphinx)" bash tools/docsite.sh
 fi
 
 if want changelog; then

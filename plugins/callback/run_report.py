@@ -44,7 +44,8 @@ import time
 
 from ansible.plugins.callback import CallbackBase
 
-from ansible_collections.airgap.microshift.plugins.module_utils._report import (
+from ansible_collections.airgap.microshift.plugins.plugin_utils._report import (
+    phase_seconds,
     render_markdown,
     sanitize,
 )
@@ -67,7 +68,8 @@ class CallbackModule(CallbackBase):
         super().__init__(display=display)
         self._playbook = None
         self._started = None
-        self._task_started = {}
+        self._task_runs = []
+        self._current_run = {}
         self._phases = {}
         self._results = []
         self._jobs = set()
@@ -78,11 +80,18 @@ class CallbackModule(CallbackBase):
         self._playbook = os.path.basename(getattr(playbook, "_file_name", "playbook"))
         self._started = time.time()
 
+    def _start_task(self, task):
+        # One run per start of a task: a task started again (the next batch of a serial play)
+        # adds its own time; its results on every host end the same run.
+        run = {"phase": self._phase_of(task), "started": time.time(), "ended": None}
+        self._task_runs.append(run)
+        self._current_run[task._uuid] = run
+
     def v2_playbook_on_task_start(self, task, is_conditional):
-        self._task_started[task._uuid] = time.time()
+        self._start_task(task)
 
     def v2_playbook_on_handler_task_start(self, task):
-        self._task_started[task._uuid] = time.time()
+        self._start_task(task)
 
     def _phase_of(self, task):
         role = getattr(task, "_role", None)
@@ -93,19 +102,22 @@ class CallbackModule(CallbackBase):
     def _record(self, result, status):
         task = result._task
         phase = self._phase_of(task)
-        started = self._task_started.get(task._uuid, time.time())
-        elapsed = max(0.0, time.time() - started)
+        now = time.time()
+        run = self._current_run.get(task._uuid)
+        if run is None:
+            run = {"phase": phase, "started": now, "ended": None}
+            self._task_runs.append(run)
+            self._current_run[task._uuid] = run
+        run["ended"] = now
+        elapsed = max(0.0, now - run["started"])
         entry = self._phases.setdefault(phase, {
             "phase": phase, "tasks": 0, "ok": 0, "changed": 0, "failed": 0, "skipped": 0,
-            "seconds": 0.0, "first": started, "last": started,
+            "seconds": 0.0, "first": run["started"],
         })
         entry["tasks"] += 1
         entry[status] += 1
         if status == "ok" and result._result.get("changed"):
             entry["changed"] += 1
-        entry["first"] = min(entry["first"], started)
-        entry["last"] = max(entry["last"], started + elapsed)
-        entry["seconds"] = round(entry["last"] - entry["first"], 3)
 
         action = getattr(task, "resolved_action", None) or task.action or ""
         ours = action.startswith(_OUR_PREFIX)
@@ -153,10 +165,12 @@ class CallbackModule(CallbackBase):
         hosts = {}
         for host in sorted(stats.processed.keys()):
             hosts[host] = stats.summarize(host)
+        seconds = phase_seconds(self._task_runs)
         phases = []
-        for entry in self._phases.values():
-            phases.append({key: value for key, value in entry.items() if key not in ("first", "last")})
-        phases.sort(key=lambda item: self._phases[item["phase"]]["first"])
+        for entry in sorted(self._phases.values(), key=lambda item: item["first"]):
+            phase = {key: value for key, value in entry.items() if key != "first"}
+            phase["seconds"] = seconds.get(entry["phase"], 0.0)
+            phases.append(phase)
         report = {
             "format": 1,
             "playbook": self._playbook,

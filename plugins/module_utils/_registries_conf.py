@@ -324,10 +324,26 @@ def _key(key):
     return key if _BARE_KEY_RE.match(key) else _string(key)
 
 
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u0085\u2028\u2029]")
+
+
+def header_problem(header):
+    """None when ``header`` can become TOML comments; else why not (a control character breaks the file)."""
+    if header is None:
+        return None
+    match = _CONTROL_RE.search(header.replace("\r\n", "\n"))
+    if match:
+        return "header holds the control character %r, which a TOML comment cannot hold" % match.group(0)
+    return None
+
+
 def comment_lines(header):
     """``header`` as TOML comment lines (a line already starting with ``#`` is kept)."""
     lines = []
-    for line in (header or "").splitlines():
+    problem = header_problem(header)
+    if problem:
+        raise RegistriesConfError([problem])
+    for line in (header or "").replace("\r\n", "\n").split("\n"):
         line = line.rstrip()
         if line.startswith("#"):
             lines.append(line)

@@ -11,7 +11,9 @@ when it is importable, else from the ``zstd`` command, else from ``rpm2cpio``. S
 node needs neither ``rpm2cpio`` nor ``cpio`` for the common payloads.
 
 Every size read from the file is checked against a limit before anything is allocated, so a
-corrupt or hostile header gives a clear :class:`RpmError` and never an unbounded read.
+corrupt or hostile header gives a clear :class:`RpmError` and never an unbounded read. The
+payload, whoever decompresses it (Python or an external command, whose output is streamed, never
+buffered whole), is read through one bounded reader (``_strict.BoundedReader``).
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ from __future__ import annotations
 import bz2
 import fnmatch
 import gzip
-import io
 import lzma
 import os
 import shutil
 import struct
+import subprocess
 import tempfile
 import zlib
+
+from ansible_collections.airgap.microshift.plugins.module_utils._strict import BoundedReader, OutsideDataError
 
 try:
     import zstandard
@@ -79,15 +83,80 @@ class RpmError(ValueError):
 
 
 class CommandRunner:
-    """How external commands are found and run; a module passes one built on AnsibleModule.
+    """How external commands are found and started; a module passes one built on AnsibleModule.
 
-    ``which(name)`` returns a path or ``None``; ``run(argv)`` returns ``(rc, stdout bytes, stderr)``.
-    Without ``run``, no external command is used.
+    ``which(name)`` returns a path or ``None``; ``spawn(argv, stdin)`` starts a command whose
+    standard output is read as a stream (a ``subprocess.Popen`` with ``stdout`` a pipe).
+    Without ``spawn`` (and without ``run``, the older way to allow commands), no external
+    command is used.
     """
 
-    def __init__(self, which=None, run=None):
+    def __init__(self, which=None, run=None, spawn=None):
         self.which = which or shutil.which
-        self.run = run
+        self.spawn = spawn or (spawn_process if run is not None else None)
+
+
+def spawn_process(argv, stdin):
+    """Start ``argv`` with ``stdin`` (a file object), stdout a pipe, stderr a temporary file.
+
+    Not ``AnsibleModule.run_command``: it buffers the whole output in memory, and a decompressor's
+    output must be read as a stream through the bounded reader (a decompression bomb is stopped
+    after MAX_PAYLOAD_SIZE bytes, the command killed).
+    """
+    errors = tempfile.TemporaryFile()
+    try:
+        proc = subprocess.Popen(  # pylint: disable=ansible-bad-function
+            argv, stdin=stdin, stdout=subprocess.PIPE, stderr=errors, close_fds=True)
+    except BaseException:
+        errors.close()
+        raise
+    proc.error_file = errors
+    return proc
+
+
+class _ProcessStream:
+    """The standard output of a running decompressor, read as it comes; its exit status checked at the end."""
+
+    def __init__(self, proc, argv, path):
+        self._proc = proc
+        self._argv = argv
+        self._path = path
+
+    def read(self, size=-1):
+        return self._proc.stdout.read(size)
+
+    def finish(self):
+        """After the end of the stream: fail when the command did not exit with 0."""
+        rc = self._proc.wait()
+        if rc != 0:
+            raise RpmError("%s could not be unpacked: %s exited with %d (%s)." % (self._path, self._argv[0], rc, self._stderr() or "no message"))
+
+    def failed(self):
+        """The command's failure when it has ended with a non-zero status (waiting a second at most), else None."""
+        try:
+            rc = self._proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            return None
+        if rc == 0:
+            return None
+        return RpmError("%s could not be unpacked: %s exited with %d (%s)." % (self._path, self._argv[0], rc, self._stderr() or "no message"))
+
+    def _stderr(self):
+        errors = getattr(self._proc, "error_file", None)
+        if errors is None:
+            return ""
+        errors.seek(0)
+        lines = errors.read(2000).decode("utf-8", "replace").strip().splitlines()
+        return lines[-1] if lines else ""
+
+    def close(self):
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        self._proc.stdout.close()
+        errors = getattr(self._proc, "error_file", None)
+        if errors is not None:
+            errors.close()
 
 
 def _read_exact(handle, size, path, what):
@@ -209,22 +278,6 @@ def read_headers(handle, path):
     )
 
 
-class _BoundedReader:
-    """A read-only stream over another one that refuses to deliver more than ``limit`` bytes."""
-
-    def __init__(self, stream, limit, path):
-        self._stream = stream
-        self._left = limit
-        self._path = path
-
-    def read(self, size):
-        data = self._stream.read(size)
-        self._left -= len(data)
-        if self._left < 0:
-            raise RpmError("%s is suspicious: its payload decompresses to more than %d bytes." % (self._path, MAX_PAYLOAD_SIZE))
-        return data
-
-
 def _zstd_stream(handle):
     decompressor = zstandard.ZstdDecompressor()
     try:
@@ -233,31 +286,20 @@ def _zstd_stream(handle):
         return decompressor.stream_reader(handle)
 
 
-def _run_tool(runner, argv, path):
-    rc, out, err = runner.run(argv)
-    if isinstance(err, bytes):
-        err = err.decode("utf-8", "replace")
-    if rc != 0:
-        raise RpmError("%s could not be unpacked: %s exited with %d (%s)." % (path, argv[0], rc, (err or "").strip() or "no message"))
-    return io.BytesIO(out)
-
-
 def _zstd_fallback(handle, path, runner):
-    if runner.run is None:
+    if runner.spawn is None:
         raise RpmError("%s has a zstd-compressed payload and the zstandard Python package is not installed." % path)
     zstd = runner.which("zstd")
     if zstd:
-        # Through a file, not stdin: a pipe both ways can block once both buffers fill.
-        fd, tmp = tempfile.mkstemp(prefix="rpm-payload-", suffix=".zst")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                shutil.copyfileobj(handle, out)
-            return _run_tool(runner, [zstd, "-d", "-c", "-q", tmp], path)
-        finally:
-            os.unlink(tmp)
+        # The package file itself is zstd's standard input, from the payload on: nothing is copied.
+        argv = [zstd, "-d", "-c", "-q"]
+        # The child reads the file descriptor: its offset must be the payload's, not where Python's buffer got to.
+        os.lseek(handle.fileno(), handle.tell(), os.SEEK_SET)
+        return _ProcessStream(runner.spawn(argv, handle), argv, path)
     rpm2cpio = runner.which("rpm2cpio")
     if rpm2cpio:
-        return _run_tool(runner, [rpm2cpio, path], path)
+        argv = [rpm2cpio, path]
+        return _ProcessStream(runner.spawn(argv, subprocess.DEVNULL), argv, path)
     raise RpmError("%s has a zstd-compressed payload: install the zstandard Python package, the zstd command "
                    "or rpm2cpio on the host that reads it." % path)
 
@@ -353,13 +395,21 @@ def extract(path, pattern, runner=None):
             header = read_headers(handle, path)
             stream = payload_stream(handle, path, header, runner)
             try:
-                bounded = _BoundedReader(stream, MAX_PAYLOAD_SIZE, path)
+                bounded = BoundedReader(stream, MAX_PAYLOAD_SIZE,
+                                        "%s is suspicious: its payload decompresses to more than %d bytes." % (path, MAX_PAYLOAD_SIZE))
                 members = list(iter_cpio(bounded, path, wanted))
                 # Read to the end, so the decompressor checks its end marker and checksum:
                 # a package cut after the cpio trailer is truncated all the same.
                 while bounded.read(1024 * 1024):
                     pass
+                if isinstance(stream, _ProcessStream):
+                    stream.finish()
+            except OutsideDataError as exc:
+                raise RpmError(str(exc))
             except RpmError:
+                failure = stream.failed() if isinstance(stream, _ProcessStream) else None
+                if failure is not None:
+                    raise failure
                 raise
             except (EOFError, OSError, zlib.error, lzma.LZMAError, ValueError) as exc:
                 raise RpmError("%s is corrupt: its %s payload cannot be decompressed (%s)." % (path, header.compressor, exc))
@@ -367,6 +417,9 @@ def extract(path, pattern, runner=None):
                 if zstandard is not None and isinstance(exc, zstandard.ZstdError):
                     raise RpmError("%s is corrupt: its zstd payload cannot be decompressed (%s)." % (path, exc))
                 raise
+            finally:
+                if isinstance(stream, _ProcessStream):
+                    stream.close()
     except OSError as exc:
         raise RpmError("%s cannot be read: %s." % (path, exc.strerror or exc))
     return header, members

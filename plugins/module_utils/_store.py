@@ -2,31 +2,41 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""The image store (docs/store-format.md): names, index, blobs and completeness.
+"""The image store (docs/store-format.md): names, index, blobs, manifests and completeness.
 
-Plain functions with no Ansible dependency. ``image_download`` writes the store,
-``image_bundle`` and ``image_upload`` read it.
+Plain functions with no Ansible dependency, and the one owner of the store format:
+``image_download`` writes the store, ``image_bundle`` packs and unpacks it, ``image_upload``
+reads it, and all of them ask this module for its constants, paths, readers and checks. Every
+read of a store goes through the strict reader (``_strict``): ``store.json``, layouts and
+manifests are size-capped and schema-checked, digests are matched against their grammar before
+they become paths, and only regular files of the declared size are opened.
 """
 
 from __future__ import annotations
 
 import datetime
-import errno
 import fcntl
 import hashlib
 import json
 import os
-import tempfile
 import threading
 
-from ansible_collections.airgap.microshift.plugins.module_utils._reference import parse_reference
+from ansible_collections.airgap.microshift.plugins.module_utils import _files, _strict
+from ansible_collections.airgap.microshift.plugins.module_utils._reference import InvalidReference, parse_reference
 
 STORE_FORMAT = 1
 STORE_INDEX = "store.json"
 BLOBS_DIR = "blobs"
+BLOB_DIR = "blobs/sha256"
 IMAGES_DIR = "images"
 LOCK_FILE = ".store.lock"
 OCI_LAYOUT = {"imageLayoutVersion": "1.0.0"}
+LAYOUT_FILES = ("oci-layout", "index.json")
+# Caps of what the store holds: the index may list thousands of images; a manifest or an index
+# is at most 4 MiB (what registries accept).
+MAX_INDEX_SIZE = _strict.MAX_LARGE_JSON
+MAX_MANIFEST_SIZE = 4 * 1024 * 1024
+MAX_LAYOUT_FILE = 64 * 1024
 
 MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -36,8 +46,12 @@ INDEX_MEDIA_TYPES = (MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST)
 MANIFEST_MEDIA_TYPES = (MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST)
 
 
-class StoreError(Exception):
+class StoreError(_strict.OutsideDataError):
     """A store that cannot be read or written; the message names the file."""
+
+
+def is_digest(value):
+    return _strict.is_digest(value)
 
 
 def empty_index():
@@ -66,8 +80,10 @@ def layout_path(ref):
 
 
 def blob_relpath(digest):
-    algo, hexpart = digest.split(":", 1)
-    return "/".join([BLOBS_DIR, algo, hexpart])
+    """``blobs/sha256/<hex>``; a digest that is not ``sha256:<64 hex>`` never becomes a path."""
+    if not _strict.is_digest(digest):
+        raise StoreError("%r is not a sha256 digest; it is not used as a blob name." % (digest,))
+    return BLOB_DIR + "/" + digest[7:]
 
 
 def blob_path(store, digest):
@@ -86,15 +102,20 @@ def blob_present(store, digest, size):
     return blob_size(store, digest) == size
 
 
-def sha256_file(path, chunk=1024 * 1024):
+def sha256_file(path, buffer_size=8 * 1024 * 1024):
+    """``(sha256:<hex>, size)`` of a file, read in ``buffer_size`` blocks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    buf = bytearray(buffer_size)
+    view = memoryview(buf)
+    size = 0
+    with open(path, "rb", buffering=0) as handle:
         while True:
-            data = handle.read(chunk)
-            if not data:
+            count = handle.readinto(buf)
+            if not count:
                 break
-            digest.update(data)
-    return "sha256:" + digest.hexdigest()
+            digest.update(view[:count])
+            size += count
+    return "sha256:" + digest.hexdigest(), size
 
 
 def verify_blob(store, digest, size, check_digest=False):
@@ -105,29 +126,15 @@ def verify_blob(store, digest, size, check_digest=False):
     if actual != size:
         return "blob %s has %d bytes instead of %d" % (digest, actual, size)
     if check_digest:
-        found = sha256_file(blob_path(store, digest))
+        found = sha256_file(blob_path(store, digest))[0]
         if found != digest:
             return "blob %s has the content of %s" % (digest, found)
     return None
 
 
 def write_bytes_atomic(path, data, mode=0o644):
-    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write ``data`` to ``path`` through a temporary file in the same directory, fsync and a rename."""
+    _files.write_file(path, data, mode=mode, prefix=".tmp-")
 
 
 def put_blob(store, digest, data):
@@ -148,8 +155,7 @@ def write_layout(store, relpath, digest, media_type, size):
     directory = os.path.join(store, *relpath.split("/"))
     os.makedirs(directory, exist_ok=True)
     write_bytes_atomic(os.path.join(directory, "oci-layout"), json.dumps(OCI_LAYOUT).encode("utf-8"))
-    index = {"schemaVersion": 2, "manifests": [{"mediaType": media_type, "digest": digest, "size": size}]}
-    write_bytes_atomic(os.path.join(directory, "index.json"), json.dumps(index).encode("utf-8"))
+    write_bytes_atomic(os.path.join(directory, "index.json"), json.dumps(layout_index(digest, media_type, size)).encode("utf-8"))
     # skopeo leaves an empty per-layout blobs/ directory when the shared blob directory is used
     try:
         os.rmdir(os.path.join(directory, "blobs"))
@@ -157,41 +163,197 @@ def write_layout(store, relpath, digest, media_type, size):
         pass
 
 
+def layout_index(digest, media_type, size):
+    """The ``index.json`` of a layout: one descriptor, the image's top-level manifest or index."""
+    return {"schemaVersion": 2, "manifests": [{"mediaType": media_type, "digest": digest, "size": size}]}
+
+
+def check_layout_files(oci_layout, index_json, entry, what):
+    """Refuse layout files (bytes) that do not describe ``entry`` exactly: the layout an image is read through."""
+    try:
+        layout = _strict.load_json(oci_layout, "%s/oci-layout" % what, max_size=MAX_LAYOUT_FILE)
+        if not isinstance(layout, dict) or layout.get("imageLayoutVersion") != OCI_LAYOUT["imageLayoutVersion"]:
+            raise StoreError("%s/oci-layout is not an OCI layout marker (imageLayoutVersion 1.0.0)." % what)
+        index = _strict.load_json(index_json, "%s/index.json" % what, max_size=MAX_LAYOUT_FILE)
+        if not isinstance(index, dict):
+            raise StoreError("%s/index.json is not a JSON object." % what)
+        manifests = _strict.field(index, "manifests", "list", "%s/index.json" % what)
+        if len(manifests) != 1 or not isinstance(manifests[0], dict):
+            raise StoreError("%s/index.json must name exactly one manifest." % what)
+        descriptor = manifests[0]
+        named = (_strict.field(descriptor, "digest", "digest", "%s/index.json" % what),
+                 _strict.field(descriptor, "size", "size", "%s/index.json" % what),
+                 _strict.field(descriptor, "mediaType", "string", "%s/index.json" % what))
+    except StoreError:
+        raise
+    except _strict.OutsideDataError as exc:
+        raise StoreError(str(exc))
+    wanted = (entry["digest"], entry["manifest_size"], entry["media_type"])
+    if named != wanted:
+        raise StoreError("%s/index.json names %s (%d bytes, %s), not the image's %s (%d bytes, %s)." % ((what,) + named + wanted))
+
+
 def read_layout_digest(store, relpath):
     """Digest named by a layout's ``index.json``, or None when missing or unreadable."""
     try:
-        with open(os.path.join(store, *(relpath.split("/") + ["index.json"])), "rb") as handle:
-            index = json.loads(handle.read().decode("utf-8"))
-        return index["manifests"][0]["digest"]
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        index = _strict.read_json(store, relpath + "/index.json", max_size=MAX_LAYOUT_FILE)
+        return _strict.check_digest(index["manifests"][0]["digest"], "index.json")
+    except (_strict.OutsideDataError, KeyError, IndexError, TypeError):
         return None
 
 
+def _fail(exc):
+    raise StoreError(str(exc))
+
+
+def validate_entry(ref, entry, blobs, path):
+    """Check one image entry of ``store.json`` (``blobs`` is the index's blob map)."""
+    try:
+        parsed = parse_reference(ref)
+    except InvalidReference as exc:
+        raise StoreError("%s lists an image that is not a reference: %s." % (path, exc))
+    where = "%s, image %s" % (path, ref)
+    if not isinstance(entry, dict):
+        raise StoreError("%s: the entry is not a JSON object." % where)
+    try:
+        digest = _strict.field(entry, "digest", "digest", where)
+        media_type = _strict.field(entry, "media_type", "string", where)
+        _strict.field(entry, "manifest_size", "size", where)
+        layout = _strict.field(entry, "layout", "string", where)
+        manifests = _strict.field(entry, "manifests", "list", where)
+        _strict.field(entry, "size", "size", where, optional=True)
+        for number, manifest in enumerate(manifests):
+            at = "%s, manifest %d" % (where, number + 1)
+            if not isinstance(manifest, dict):
+                raise StoreError("%s is not a JSON object." % at)
+            _strict.field(manifest, "digest", "digest", at)
+            _strict.field(manifest, "size", "size", at)
+            if _strict.field(manifest, "media_type", "string", at, optional=True) not in (None,) + MANIFEST_MEDIA_TYPES:
+                raise StoreError("%s has media type %r, not an image manifest." % (at, manifest["media_type"][:100]))
+            _strict.field(manifest, "platform", "string", at, optional=True)
+            for blob in _strict.field(manifest, "blobs", "list", at):
+                if not isinstance(blob, dict):
+                    raise StoreError("%s lists a blob that is not a JSON object." % at)
+                _strict.field(blob, "digest", "digest", at + ", blob")
+                _strict.field(blob, "size", "size", at + ", blob")
+    except StoreError:
+        raise
+    except _strict.OutsideDataError as exc:
+        _fail(exc)
+    if parsed.digest and parsed.digest != digest:
+        raise StoreError("%s: the reference pins %s but the entry records %s." % (where, parsed.digest, digest))
+    if layout != layout_path(ref):
+        raise StoreError("%s: the layout %r is not the image's own, %s." % (where, layout[:200], layout_path(ref)))
+    if media_type in MANIFEST_MEDIA_TYPES:
+        if len(manifests) != 1 or manifests[0]["digest"] != digest:
+            raise StoreError("%s: a single manifest must list itself, and only itself, under 'manifests'." % where)
+    elif media_type not in INDEX_MEDIA_TYPES:
+        raise StoreError("%s has media type %r, neither an image manifest nor an index." % (where, media_type[:100]))
+    for blob_digest, size in image_blobs(entry).items():
+        if blobs.get(blob_digest) != size:
+            raise StoreError("%s: blob %s (%d bytes) is not listed with that size under 'blobs'." % (where, blob_digest, size))
+    return entry
+
+
 def validate_index(data, path):
+    """Check a whole store index (docs/store-format.md); StoreError with one sentence on the first fault."""
     if not isinstance(data, dict):
-        raise StoreError("%s is not a store index: it is not a JSON object" % path)
+        raise StoreError("%s is not a store index: it is not a JSON object." % path)
     if data.get("format") != STORE_FORMAT:
-        raise StoreError("%s has format %r; this collection reads format %d" % (path, data.get("format"), STORE_FORMAT))
+        raise StoreError("%s has format %r; this collection reads format %d." % (path, data.get("format"), STORE_FORMAT))
     if not isinstance(data.get("images"), dict) or not isinstance(data.get("blobs"), dict):
-        raise StoreError("%s is not a store index: 'images' and 'blobs' must be objects" % path)
+        raise StoreError("%s is not a store index: 'images' and 'blobs' must be objects." % path)
+    blobs = data["blobs"]
+    for digest, size in blobs.items():
+        if not _strict.is_digest(digest):
+            raise StoreError("%s lists a blob named %r, which is not a sha256 digest." % (path, digest[:120]))
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= 1 << 53:
+            raise StoreError("%s lists blob %s with size %r, which is not a size in bytes." % (path, digest, size))
+    for ref, entry in data["images"].items():
+        validate_entry(ref, entry, blobs, path)
     return data
 
 
-def read_index(store):
-    """The store index of ``store``; an empty index when the store has none yet."""
-    path = os.path.join(store, STORE_INDEX)
+def parse_index(raw, path):
+    """A store index from its bytes: size-capped, depth-limited JSON, then :func:`validate_index`."""
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-    except OSError as exc:
-        if exc.errno == errno.ENOENT:
-            return empty_index()
-        raise StoreError("cannot read %s: %s" % (path, exc.strerror))
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except ValueError as exc:
-        raise StoreError("%s is not valid JSON (%s)" % (path, exc))
+        data = _strict.load_json(raw, path, max_size=MAX_INDEX_SIZE)
+    except _strict.OutsideDataError as exc:
+        _fail(exc)
     return validate_index(data, path)
+
+
+def read_index(store, raw=False):
+    """The store index of ``store``; an empty index when the store has none yet. With ``raw``, (index, bytes)."""
+    path = os.path.join(store, STORE_INDEX)
+    if not os.path.lexists(path):
+        return (empty_index(), None) if raw else empty_index()
+    try:
+        data = _strict.read_file(store, STORE_INDEX, path, max_size=MAX_INDEX_SIZE)
+    except _strict.OutsideDataError as exc:
+        _fail(exc)
+    index = parse_index(data, path)
+    return (index, data) if raw else index
+
+
+def parse_manifest(raw, what):
+    """An image manifest or index (OCI or docker schema 2) from its bytes, strictly.
+
+    Returns ``{"media_type", "kind": "index", "children": [...]}`` or ``{"media_type", "kind":
+    "manifest", "config": {...}, "layers": [...]}``; each descriptor is ``{"digest", "size",
+    "media_type"[, "platform"][, "foreign"]}``. Raises :class:`StoreError` naming ``what``.
+    """
+    media_type = None
+    try:
+        doc = _strict.load_json(raw, what, max_size=MAX_MANIFEST_SIZE)
+        if not isinstance(doc, dict):
+            raise StoreError("%s is not a JSON object." % what)
+        if doc.get("schemaVersion") == 1:
+            raise StoreError("%s is a docker schema 1 manifest, which is not supported (it has no stable digest)." % what)
+        media_type = _strict.field(doc, "mediaType", "string", what, optional=True)
+        if media_type is None:
+            media_type = MEDIA_OCI_INDEX if "manifests" in doc else MEDIA_OCI_MANIFEST
+        if media_type in INDEX_MEDIA_TYPES:
+            children = [_descriptor(entry, what + ", manifests") for entry in _strict.field(doc, "manifests", "list", what)]
+            return {"media_type": media_type, "kind": "index", "children": children}
+        if media_type in MANIFEST_MEDIA_TYPES:
+            config = _descriptor(_strict.field(doc, "config", "object", what), what + ", config")
+            layers = [_descriptor(entry, what + ", layers") for entry in _strict.field(doc, "layers", "list", what, optional=True) or []]
+            return {"media_type": media_type, "kind": "manifest", "config": config, "layers": layers}
+    except StoreError:
+        raise
+    except _strict.OutsideDataError as exc:
+        _fail(exc)
+    raise StoreError("%s has the unsupported media type %r." % (what, media_type[:100]))
+
+
+def _descriptor(entry, where):
+    if not isinstance(entry, dict):
+        raise StoreError("%s lists a descriptor that is not a JSON object." % where)
+    out = {"digest": _strict.field(entry, "digest", "digest", where), "size": _strict.field(entry, "size", "size", where),
+           "media_type": _strict.field(entry, "mediaType", "string", where, optional=True)}
+    platform = entry.get("platform")
+    if platform is not None:
+        out["platform"] = _strict.check_type(platform, "object", where + " platform")
+    if entry.get("urls"):
+        out["foreign"] = True
+    return out
+
+
+def read_blob(store, digest, size, what, max_size=MAX_MANIFEST_SIZE):
+    """The bytes of a (small) blob of the store: a regular file of ``size`` bytes hashing to ``digest``."""
+    if size is not None and size > max_size:
+        raise StoreError("%s has %d bytes, more than a manifest may have." % (what, size))
+    try:
+        data = _strict.read_file(store, blob_relpath(digest), what, size=size, max_size=max_size)
+    except StoreError:
+        raise
+    except _strict.OutsideDataError as exc:
+        _fail(exc)
+    found = "sha256:" + hashlib.sha256(data).hexdigest()
+    if found != digest:
+        raise StoreError("%s does not match its digest (its content hashes to %s)." % (what, found))
+    return data
 
 
 def write_index(store, data):
@@ -229,7 +391,7 @@ def image_status(store, index, ref, checksum=False):
     if not entry:
         return {"ref": ref, "status": "missing", "digest": None, "size": 0, "problem": None}
     result = {"ref": ref, "status": "complete", "digest": entry.get("digest"), "size": entry.get("size", 0), "problem": None}
-    layout_digest = read_layout_digest(store, entry.get("layout", ""))
+    layout_digest = read_layout_digest(store, entry.get("layout") or "")
     if layout_digest != entry.get("digest"):
         result.update(status="incomplete", problem="the layout %s does not name %s" % (entry.get("layout"), entry.get("digest")))
         return result
@@ -252,7 +414,7 @@ def utc_now():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class StoreLock(object):
+class StoreLock:
     """Serialise read-modify-write of ``store.json`` between threads and processes."""
 
     _thread_lock = threading.Lock()

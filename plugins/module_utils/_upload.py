@@ -10,11 +10,17 @@ the store, name the mirror tags, schedule the pushes and classify failures.
 
 Two sources are read:
 
-- the image store (``store.json`` + OCI layouts sharing ``blobs/``), see docs/store-format.md;
+- the image store (``store.json`` + OCI layouts sharing ``blobs/``), see docs/store-format.md,
+  read through ``_store`` (its one owner);
 - a tree made by ``skopeo copy --all --preserve-digests docker://<ref> dir:<dir>/<ref without
   registry>``: each image is a directory holding ``manifest.json`` (the top-level manifest or
   index), ``<hex>.manifest.json`` per architecture when it is a list, and one file per blob
   named by its hex digest.
+
+Both are outside data: every digest is matched against its grammar before it names a file,
+manifests are read strictly (regular files only, never through a link, size-capped JSON) and
+must hash to their digest, an index may only list manifests (no nested index, each walked once),
+and every blob file a push will read must be a regular file of the size its manifest gives.
 
 Pushes keep digests (``--all --preserve-digests``). Blobs shared between images are sent once:
 containers/image mounts a blob from another repository of the same registry when its blob-info
@@ -25,13 +31,13 @@ cache knows the blob is there, so two pushes that need the same blob never run a
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
+import stat
 import threading
 import time
 
-from ansible_collections.airgap.microshift.plugins.module_utils import _workers
+from ansible_collections.airgap.microshift.plugins.module_utils import _store, _strict, _workers
 from ansible_collections.airgap.microshift.plugins.module_utils._reference import (
     InvalidReference,
     is_digest,
@@ -52,20 +58,10 @@ TAG_POLICIES = ("timestamp", "digest", "source", "none")
 SOURCE_FORMATS = ("store", "dir", "auto")
 STATUSES = ("pushed", "skipped", "failed")
 
-STORE_INDEX = "store.json"
 DIR_MANIFEST = "manifest.json"
 
 # A placeholder registry to parse dir-tree paths (which have none) with the reference grammar.
 _DIR_REGISTRY = "dir.invalid"
-
-INDEX_MEDIA_TYPES = (
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-)
-MANIFEST_MEDIA_TYPES = (
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-)
 
 _UPLOADED_RE = re.compile(r"Upload of layer (sha256:[0-9a-f]{64}) complete")
 _REUSED_RE = re.compile(r"Skipping blob (sha256:[0-9a-f]{64}) \(already present\)")
@@ -169,91 +165,88 @@ class Image:
         }
 
 
-def _sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1024 * 1024), b""):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
-
-
-def _load_json(path, what):
-    try:
-        with open(path, "rb") as handle:
-            return json.loads(handle.read().decode("utf-8"))
-    except (OSError, IOError) as exc:
-        raise UploadError("Cannot read %s %s: %s." % (what, path, exc))
-    except ValueError as exc:
-        raise UploadError("%s %s is not valid JSON: %s." % (what.capitalize(), path, exc))
-
-
 def walk_manifests(image, read_manifest):
     """Fill ``image.manifests`` and ``image.blobs`` from the top-level manifest down.
 
-    ``read_manifest(digest, top)`` returns the parsed manifest or raises :class:`UploadError`.
+    ``read_manifest(digest, top)`` returns the manifest parsed by ``_store.parse_manifest`` or
+    raises :class:`UploadError`. Each manifest is read once; an index may list manifests only.
     """
     pending = [(image.digest, True)]
+    seen = set()
     while pending:
         digest, top = pending.pop(0)
+        if digest in seen:
+            continue
+        seen.add(digest)
         document = read_manifest(digest, top)
         image.manifests.append(digest)
-        media_type = document.get("mediaType")
-        if media_type in INDEX_MEDIA_TYPES or (media_type is None and "manifests" in document):
-            for entry in document.get("manifests") or []:
-                pending.append((entry["digest"], False))
-        elif media_type in MANIFEST_MEDIA_TYPES or (media_type is None and "layers" in document):
-            for entry in [document["config"]] + list(document.get("layers") or []):
-                if entry.get("urls"):
-                    continue  # a foreign layer: the registry never had it
-                image.blobs[entry["digest"]] = int(entry.get("size") or 0)
+        if document["kind"] == "index":
+            if not top:
+                raise UploadError("Image %s has a nested index %s, which is not supported." % (image.source, digest))
+            pending.extend((child["digest"], False) for child in document["children"])
         else:
-            raise UploadError("Image %s has manifest %s of unsupported media type %r." % (image.source, digest, media_type))
+            for entry in [document["config"]] + document["layers"]:
+                if entry.get("foreign"):
+                    continue  # a foreign layer: the registry never had it
+                image.blobs[entry["digest"]] = entry["size"]
 
 
 def detect_format(path):
     """``store`` when ``path`` holds a store.json, ``dir`` when it holds image directories."""
-    if os.path.isfile(os.path.join(path, STORE_INDEX)):
+    if os.path.lexists(os.path.join(path, _store.STORE_INDEX)):
         return "store"
     if not os.path.isdir(path):
         raise UploadError("The image source %s is not a directory." % path)
     return "dir"
 
 
+def _parse(data, what):
+    try:
+        return _store.parse_manifest(data, what)
+    except _store.StoreError as exc:
+        raise UploadError(str(exc))
+
+
 def load_store(store):
-    """The images of an image store, from its store.json."""
-    index_path = os.path.join(store, STORE_INDEX)
-    index = _load_json(index_path, "store index")
-    if not isinstance(index, dict) or index.get("format") != 1 or not isinstance(index.get("images"), dict):
-        raise UploadError("Store index %s is not a format 1 store index (with an images map)." % index_path)
-    blob_dir = os.path.join(store, "blobs", "sha256")
+    """The images of an image store, from its store.json (checked by ``_store``)."""
+    index_path = os.path.join(store, _store.STORE_INDEX)
+    if not os.path.lexists(index_path):
+        raise UploadError("The store %s has no %s." % (store, _store.STORE_INDEX))
+    try:
+        index = _store.read_index(store)
+    except _store.StoreError as exc:
+        raise UploadError("Store index %s cannot be used: %s" % (index_path, exc))
+    blob_dir = os.path.join(store, _store.BLOBS_DIR, "sha256")
     images = []
     for ref in sorted(index["images"]):
         entry = index["images"][ref]
-        try:
-            parsed = parse_reference(ref)
-        except InvalidReference as exc:
-            raise UploadError("Store index %s lists an invalid reference: %s." % (index_path, exc))
-        digest = entry.get("digest") if isinstance(entry, dict) else None
-        layout = entry.get("layout") if isinstance(entry, dict) else None
-        if not is_digest(digest) or not layout:
-            raise UploadError("Store index %s has no digest or layout for %s." % (index_path, ref))
-        image = Image(ref, "oci", os.path.join(store, layout), digest, parsed.tag, parsed.repository)
+        parsed = parse_reference(ref)
+        image = Image(ref, "oci", os.path.join(store, entry["layout"]), entry["digest"], parsed.tag, parsed.repository)
 
         def read_manifest(digest, top, image=image):
-            path = os.path.join(blob_dir, digest.split(":", 1)[1])
-            if not os.path.isfile(path):
+            size = index["blobs"].get(digest)
+            if size is None or not os.path.lexists(_store.blob_path(store, digest)):
                 raise UploadError("Image %s is not complete in the store: manifest %s is missing from %s." % (image.source, digest, blob_dir))
             # Manifests are pushed as they are: a changed one would land on the mirror under another digest.
-            if _sha256_file(path) != digest:
-                raise UploadError("Image %s is corrupt in the store: manifest %s does not match its digest; download it again."
-                                  % (image.source, path))
-            return _load_json(path, "manifest")
+            try:
+                data = _store.read_blob(store, digest, size, _store.blob_path(store, digest))
+            except _store.StoreError as exc:
+                raise UploadError("Image %s is corrupt in the store: manifest %s does not match its digest (%s); download it again."
+                                  % (image.source, digest, str(exc).rstrip(".")))
+            return _parse(data, "manifest %s of image %s" % (digest, image.source))
 
         walk_manifests(image, read_manifest)
-        if not os.path.isfile(os.path.join(image.path, "index.json")):
-            raise UploadError("Image %s has no OCI layout at %s." % (ref, image.path))
+        if _store.read_layout_digest(store, entry["layout"]) != entry["digest"]:
+            raise UploadError("Image %s has no OCI layout naming %s at %s." % (ref, entry["digest"], image.path))
         images.append(image)
     return images
+
+
+def _dir_file(root, relpath, what, size=None, max_size=None):
+    try:
+        return _strict.read_file(root, relpath, what, size=size, max_size=max_size)
+    except _strict.OutsideDataError as exc:
+        raise UploadError(str(exc))
 
 
 def _dir_image(root, relpath):
@@ -263,20 +256,60 @@ def _dir_image(root, relpath):
     except InvalidReference:
         raise UploadError("Directory %s does not name an image (<repository>[:tag][@sha256:<hex>])." % os.path.join(root, relpath))
     path = os.path.join(root, relpath)
-    digest = _sha256_file(os.path.join(path, DIR_MANIFEST))
+    top_raw = _dir_file(root, "%s/%s" % (relpath, DIR_MANIFEST), os.path.join(path, DIR_MANIFEST), max_size=_store.MAX_MANIFEST_SIZE)
+    digest = "sha256:" + hashlib.sha256(top_raw).hexdigest()
     if parsed.digest and parsed.digest != digest:
         raise UploadError("Image directory %s holds a manifest.json of digest %s, not the one its name pins." % (path, digest))
     image = Image(relpath, "dir", path, digest, parsed.tag, parsed.repository)
+    sizes = {}
 
     def read_manifest(digest, top):
-        name = DIR_MANIFEST if top else "%s.manifest.json" % digest.split(":", 1)[1]
-        manifest_path = os.path.join(path, name)
-        if not os.path.isfile(manifest_path):
+        if top:
+            return _parse(top_raw, os.path.join(path, DIR_MANIFEST))
+        name = "%s.manifest.json" % digest[7:]
+        if not os.path.lexists(os.path.join(path, name)):
             raise UploadError("Image directory %s has no %s (was it copied with --all?)." % (path, name))
-        return _load_json(manifest_path, "manifest")
+        data = _dir_file(root, "%s/%s" % (relpath, name), os.path.join(path, name), size=sizes.get(digest),
+                         max_size=_store.MAX_MANIFEST_SIZE)
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise UploadError("%s does not match its digest %s." % (os.path.join(path, name), digest))
+        document = _parse(data, os.path.join(path, name))
+        return document
 
-    walk_manifests(image, read_manifest)
+    def remember_sizes(digest, top):
+        document = read_manifest(digest, top)
+        if document["kind"] == "index":
+            sizes.update((child["digest"], child["size"]) for child in document["children"])
+        return document
+
+    walk_manifests(image, remember_sizes)
+    _check_dir_blobs(root, relpath, image)
     return image
+
+
+def _check_dir_blobs(root, relpath, image):
+    """Every blob file skopeo will read: a regular file (not a link) of the size the manifest gives.
+
+    Contents are checked by the registry, which refuses a blob that does not match its digest.
+    """
+    try:
+        fd = _strict.open_dir(root, relpath)
+    except _strict.OutsideDataError as exc:
+        raise UploadError(str(exc))
+    try:
+        for digest, size in sorted(image.blobs.items()):
+            name = digest[7:]
+            try:
+                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                raise UploadError("Image directory %s lacks blob %s." % (image.path, name))
+            if not stat.S_ISREG(info.st_mode):
+                raise UploadError("%s is %s, not a regular file; it is not pushed." % (
+                    os.path.join(image.path, name), _strict._describe_mode(info.st_mode)))
+            if info.st_size != size:
+                raise UploadError("%s has %d bytes, not the %d its manifest declares." % (os.path.join(image.path, name), info.st_size, size))
+    finally:
+        os.close(fd)
 
 
 def load_dir_tree(root):

@@ -15,14 +15,27 @@ description:
     directories C(vol-001), C(vol-002)... that fit on removable media, checks such a set on the
     air-gapped side, rebuilds the store from it, and records what the air-gapped side holds so
     the next set carries only new blobs.
+  - The set is signed on the connected side (O(signing_key)) and checked on the air-gapped side against
+    the public keys installed there (O(trusted_keys)) before anything else is read from the medium. The
+    signature covers C(bundle.json), which lists the path, size and sha256 of every file of every volume,
+    so a changed byte, an added file or a volume from another set is refused.
+  - The medium is read as hostile data. Only the files the set lists are opened, never through a symbolic
+    link, only regular files of exactly the recorded size; anything else in a volume is reported and
+    not opened. The set's C(store.json) and layouts are checked against the signed manifest, and an
+    image already in the store is never replaced by another digest.
   - Every file name in a transfer set is portable (ASCII letters, digits, C(-), C(_), C(.)) and no
     file is larger than O(part_size), so FAT32, exFAT, NTFS, UDF and ISO 9660 media all take it.
   - Each volume holds a C(bundle.json) manifest and a C(SHA256SUMS) file in coreutils format, so
-    C(cd vol-001 && sha256sum -c SHA256SUMS) checks a volume by hand.
+    C(cd vol-001 && sha256sum -c SHA256SUMS) checks a volume by hand, and C(bundle.json.sig) is the base64
+    signature C(cosign sign-blob) would write (C(openssl dgst -sha256 -verify) checks it by hand).
   - Blobs are hashed while they are copied, in both directions; a blob whose content does not match
     its digest is never packed and never written into a store.
 author:
   - airgap.microshift contributors (@airgap-microshift)
+requirements:
+  - the Python package C(cryptography) on the host that runs the module (C(python3-cryptography) on RHEL), to sign or check
+    signatures
+  - the Python package C(pynacl) only to read a signing key in the encrypted sigstore/cosign format
 options:
   state:
     description:
@@ -101,6 +114,35 @@ options:
         O(dest) is on the store's filesystem (a staging directory). The blobs are still hashed.
     type: bool
     default: false
+  signing_key:
+    description:
+      - With O(state=pack), the private key that signs the set, a file on the host that packs, in PKCS#8 PEM
+        (plain or passphrase-encrypted, as M(airgap.microshift.signing_key) or C(openssl genpkey) writes it)
+        or the encrypted sigstore/cosign PEM (needs C(pynacl)). ECDSA P-256, ECDSA P-384 or Ed25519.
+      - Required with O(state=pack) unless O(allow_unsigned=true).
+    type: path
+  signing_key_passphrase:
+    description:
+      - The passphrase of an encrypted O(signing_key).
+    type: str
+  trusted_keys:
+    description:
+      - With O(state=verify) and O(state=unpack), the public keys (SubjectPublicKeyInfo PEM files on the air-gapped
+        host; a file may hold several) a set may be signed with. Several keys are accepted at once, so a
+        key can be rotated (trust the new key next to the old one, then drop the old one).
+      - Required with O(state=verify) and O(state=unpack) unless O(allow_unsigned=true).
+    type: list
+    elements: path
+    default: []
+  allow_unsigned:
+    description:
+      - Accept working without signatures, with a warning. With O(state=pack), write an unsigned set when no
+        O(signing_key) is given. With O(state=verify) and O(state=unpack), accept a set that is not signed, or
+        check none when no O(trusted_keys) are given. A signature that does not verify against a given trusted
+        key is always refused.
+      - Only for sets whose origin is checked some other way.
+    type: bool
+    default: false
   volumes:
     description:
       - With O(state=pack), write only these volume numbers (for example V([2]) to fill the
@@ -125,18 +167,21 @@ notes:
   - A rerun of V(pack) or V(unpack) after an interruption completes the work, since every file is written
     under a temporary name and renamed only once complete and checked.
   - V(unpack) merges C(store.json) last, after every blob it lists is in place.
+  - See C(docs/signing.md) for key generation, rotation and where each half of the key lives.
   - See C(docs/bundle-format.md) for the transfer set format.
 """
 
 EXAMPLES = r"""
 ---
-- name: Pack the store onto a mounted FAT32 stick in DVD-sized volumes
+- name: Pack the store onto a mounted FAT32 stick in DVD-sized volumes, signed
   airgap.microshift.image_bundle:
     state: pack
     store: /srv/mirror/store
     dest: /run/media/usb0
     volume_size: dvd
     release: "4.20.1"
+    signing_key: /etc/airgap-microshift/transfer-signing.key
+    signing_key_passphrase: "{{ vault_transfer_signing_passphrase }}"
 
 - name: Pack only what the air-gapped side lacks, from the receipt it sent back
   airgap.microshift.image_bundle:
@@ -146,6 +191,8 @@ EXAMPLES = r"""
     volume_size: 4GiB
     receipt: /srv/mirror/receipts/site-a.json
     release: "4.20.2"
+    signing_key: /etc/airgap-microshift/transfer-signing.key
+    signing_key_passphrase: "{{ vault_transfer_signing_passphrase }}"
 
 - name: Check the volumes of two media on the air-gapped side
   airgap.microshift.image_bundle:
@@ -153,6 +200,8 @@ EXAMPLES = r"""
     src:
       - /run/media/usb0
       - /run/media/usb1
+    trusted_keys:
+      - /etc/airgap-microshift/transfer-trusted.pub
 
 - name: Rebuild the store from them
   airgap.microshift.image_bundle:
@@ -161,6 +210,8 @@ EXAMPLES = r"""
       - /run/media/usb0
       - /run/media/usb1
     store: /var/lib/mirror/store
+    trusted_keys:
+      - /etc/airgap-microshift/transfer-trusted.pub
 
 - name: Record what the air-gapped store holds, to carry back
   airgap.microshift.image_bundle:
@@ -271,6 +322,17 @@ corrupt:
   type: list
   elements: str
   sample: []
+unexpected:
+  description: Files, links or directories in a volume that the set does not list; they are not opened (volume/path).
+  returned: state is verify, also on failure
+  type: list
+  elements: str
+  sample: [vol-001/blobs/sha256/notes.txt]
+signed_by:
+  description: The fingerprint (sha256 of the public key's DER) of the key that signed the set; null when unsigned or not checked.
+  returned: state is pack, verify or unpack
+  type: str
+  sample: sha256:4cc3225418d055bbea8a74144125ca25b6223ccc57504e7be5ada3911613477e
 files_verified:
   description: Files checked.
   returned: state is verify
@@ -319,13 +381,14 @@ receipt_id:
 """
 
 import os
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.airgap.microshift.plugins.module_utils._bundle import (
     BundleError,
     canonical_json,
+    load_signing_key,
+    load_trusted_keys,
     make_receipt,
     pack,
     parse_size,
@@ -333,6 +396,8 @@ from ansible_collections.airgap.microshift.plugins.module_utils._bundle import (
     verify,
     verify_message,
 )
+from ansible_collections.airgap.microshift.plugins.module_utils._files import same_content, write_file
+from ansible_collections.airgap.microshift.plugins.module_utils._signing import HAS_CRYPTOGRAPHY, CRYPTOGRAPHY_IMPORT_ERROR
 
 
 def _receipt(module):
@@ -344,12 +409,7 @@ def _receipt(module):
               "bytes": receipt["bytes"], "images": len(receipt["images"]), "changed": False}
     if absent:
         module.warn("The store %s lists %d blob(s) it does not hold; the receipt leaves them out." % (params["store"], len(absent)))
-    try:
-        with open(dest, "rb") as handle:
-            current = handle.read()
-    except (IOError, OSError):
-        current = None
-    if current == data:
+    if same_content(dest, data):
         return result
     result["changed"] = True
     if module.check_mode:
@@ -357,12 +417,27 @@ def _receipt(module):
     directory = os.path.dirname(os.path.abspath(dest))
     if not os.path.isdir(directory):
         module.fail_json(msg="The directory %s of the receipt file does not exist." % directory)
-    fd, temp = tempfile.mkstemp(dir=directory, prefix=".receipt-", suffix=".tmp")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(temp, 0o644)
-    module.atomic_move(temp, dest)
+    write_file(dest, data, mode=0o644, move=module.atomic_move)
     return result
+
+
+def _keys(module, state):
+    """The signing key (pack) or the trusted keys (verify, unpack); None when signatures are not used."""
+    params = module.params
+    if state == "receipt" or (not params["signing_key"] and not params["trusted_keys"]):
+        if state in ("pack", "verify", "unpack") and not params["allow_unsigned"]:
+            option = "signing_key" if state == "pack" else "trusted_keys"
+            module.fail_json(msg="Option %s is required with state=%s: transfer sets are signed on the connected side and checked "
+                                 "on the air-gapped side (set allow_unsigned to work without, with a warning)." % (option, state))
+        if state == "pack":
+            module.warn("The transfer set is written unsigned (allow_unsigned): the air-gapped side cannot tell who wrote it.")
+        return None
+    if not HAS_CRYPTOGRAPHY:
+        module.fail_json(msg="Signing and verifying transfer sets need the Python package cryptography (python3-cryptography on "
+                             "RHEL) on %s: %s." % ("the host that runs this module", CRYPTOGRAPHY_IMPORT_ERROR))
+    if state == "pack":
+        return load_signing_key(params["signing_key"], params["signing_key_passphrase"]) if params["signing_key"] else None
+    return load_trusted_keys(params["trusted_keys"])
 
 
 def main():
@@ -381,6 +456,10 @@ def main():
             parallel=dict(type="int", default=4),
             link=dict(type="bool", default=False),
             volumes=dict(type="list", elements="int"),
+            signing_key=dict(type="path", no_log=False),
+            signing_key_passphrase=dict(type="str", no_log=True),
+            trusted_keys=dict(type="list", elements="path", default=[], no_log=False),
+            allow_unsigned=dict(type="bool", default=False),
         ),
         required_if=[
             ("state", "pack", ("store", "dest")),
@@ -396,21 +475,28 @@ def main():
     if params["parallel"] < 1:
         module.fail_json(msg="parallel must be 1 or more, not %d." % params["parallel"])
     try:
+        keys = _keys(module, state)
         if state == "pack":
             volume_size = parse_size(params["volume_size"]) if params["volume_size"] else None
             part_size = parse_size(params["part_size"], option="part_size")
             result = pack(params["store"], params["dest"], volume_size=volume_size, part_size=part_size,
                           receipt=params["receipt"], base=params["base"], release=params["release"],
                           versions=params["versions"], parallel=params["parallel"], link=params["link"],
-                          only_volumes=params["volumes"], check_mode=module.check_mode)
+                          only_volumes=params["volumes"], check_mode=module.check_mode, signing_key=keys)
         elif state == "verify":
-            result, _manifest, _found = verify(params["src"], parallel=params["parallel"])
+            result, _manifest, _found = verify(params["src"], parallel=params["parallel"], trusted_keys=keys,
+                                               allow_unsigned=params["allow_unsigned"])
             ok = result.pop("ok")
+            for warning in result.pop("warnings"):
+                module.warn(warning)
             if not ok:
                 module.fail_json(msg=verify_message(result), **result)
             result["changed"] = False
         elif state == "unpack":
-            result = unpack(params["src"], params["store"], parallel=params["parallel"], check_mode=module.check_mode)
+            result = unpack(params["src"], params["store"], parallel=params["parallel"], check_mode=module.check_mode,
+                            trusted_keys=keys, allow_unsigned=params["allow_unsigned"])
+            for warning in result.pop("warnings"):
+                module.warn(warning)
         else:
             result = _receipt(module)
     except BundleError as exc:

@@ -310,6 +310,8 @@ def main():
         fail("authfile %s does not exist or is not a file" % params["authfile"])
     if params["cert_dir"] and not os.path.isdir(params["cert_dir"]):
         fail("cert_dir %s does not exist or is not a directory" % params["cert_dir"])
+    if ":" in os.path.abspath(store):
+        fail("store %s contains ':', which skopeo reads as the end of its oci: transport name; choose a path without ':'" % store)
     if os.path.exists(store) and not os.path.isdir(store):
         fail("store %s exists and is not a directory" % store)
     if not os.path.isdir(os.path.dirname(os.path.abspath(store))):

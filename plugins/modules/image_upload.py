@@ -236,12 +236,12 @@ missing_manifests:
 
 import json
 import os
-import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
 
+from ansible_collections.airgap.microshift.plugins.module_utils._files import same_content, write_file
 from ansible_collections.airgap.microshift.plugins.module_utils._reference import (
     InvalidReference,
     parse_reference,
@@ -273,18 +273,16 @@ def _validate_mirror(module, mirror, namespace):
 
 
 def _write_mapping(module, path, mapping):
-    content = json.dumps(mapping, indent=2, sort_keys=True) + "\n"
+    content = (json.dumps(mapping, indent=2, sort_keys=True) + "\n").encode("utf-8")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         module.fail_json(msg="Cannot write mapping_file %s: directory %s does not exist." % (path, directory))
+    if same_content(path, content):
+        return
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".mapping-", suffix=".json", dir=directory)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(content)
-        os.chmod(tmp, 0o644)
+        write_file(os.path.abspath(path), content, mode=0o644, move=module.atomic_move)
     except (OSError, IOError) as exc:
         module.fail_json(msg="Cannot write mapping_file %s: %s." % (path, to_native(exc)))
-    module.atomic_move(tmp, os.path.abspath(path))
 
 
 def main():

@@ -163,11 +163,11 @@ mirror_location:
 """
 
 import os
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_bytes, to_native
 
+from ansible_collections.airgap.microshift.plugins.module_utils._files import write_file
 from ansible_collections.airgap.microshift.plugins.module_utils._reference import DEFAULT_REGISTRIES
 from ansible_collections.airgap.microshift.plugins.module_utils._registries_conf import (
     RegistriesConfError,
@@ -225,16 +225,10 @@ def _write(module, path, content):
         except OSError as exc:
             module.fail_json(msg="Cannot create the directory %s: %s." % (directory, to_native(exc)))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=directory)
-    except OSError as exc:
-        module.fail_json(msg="Cannot write a temporary file in %s: %s." % (directory, to_native(exc)))
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(to_bytes(content))
+        # Temporary file in the same directory, fsynced, moved by atomic_move, directory fsynced; removed on failure.
+        write_file(path, to_bytes(content), move=module.atomic_move)
     except (IOError, OSError) as exc:
-        os.unlink(tmp)
         module.fail_json(msg="Cannot write the drop-in %s: %s." % (path, to_native(exc)))
-    module.atomic_move(tmp, path)
 
 
 def _attributes(module, path, changed):

@@ -128,11 +128,11 @@ diff:
 """
 
 import os
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_bytes, to_native
 
+from ansible_collections.airgap.microshift.plugins.module_utils._files import write_file
 from ansible_collections.airgap.microshift.plugins.module_utils._authfile import (
     AuthFileError, dumps, masked, parse_authfile, remove_credentials, set_credentials, validate_registry,
 )
@@ -157,23 +157,16 @@ def _read(module, path):
 
 
 def _write(module, path, data):
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=directory)
+    creating = not os.path.exists(path)
+    # atomic_move gives a new file the umask's permissions: keep secrets private until mode is applied
+    old_umask = os.umask(0o077) if creating else None
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(to_bytes(dumps(data)))
-        creating = not os.path.exists(path)
-        # atomic_move gives a new file the umask's permissions: keep secrets private until mode is applied
-        old_umask = os.umask(0o077) if creating else None
-        try:
-            module.atomic_move(tmp, path)
-        finally:
-            if old_umask is not None:
-                os.umask(old_umask)
+        write_file(path, to_bytes(dumps(data)), mode=0o600 if creating else None, move=module.atomic_move)
     except (OSError, IOError) as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         module.fail_json(msg="cannot write %s: %s" % (path, to_native(exc)))
+    finally:
+        if old_umask is not None:
+            os.umask(old_umask)
 
 
 def main():

@@ -231,7 +231,6 @@ dest:
 
 import os
 import platform
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.common.text.converters import to_bytes, to_native
@@ -243,14 +242,13 @@ from ansible_collections.airgap.microshift.plugins.module_utils._release import 
     render_list,
     warnings_for,
 )
-from ansible_collections.airgap.microshift.plugins.module_utils._rpm import CommandRunner
+from ansible_collections.airgap.microshift.plugins.module_utils._files import write_file
+from ansible_collections.airgap.microshift.plugins.module_utils._rpm import CommandRunner, spawn_process
 
 
 def _runner(module):
-    return CommandRunner(
-        which=module.get_bin_path,
-        run=lambda argv: module.run_command(argv, encoding=None),
-    )
+    # Decompressors are streamed (spawn_process), never buffered whole like run_command's output.
+    return CommandRunner(which=module.get_bin_path, spawn=spawn_process)
 
 
 def _read_text(path):
@@ -275,16 +273,11 @@ def write_list(module, dest, content):
     changed = before != content
     diff = {"before_header": dest, "after_header": dest, "before": before or "", "after": content}
     if changed and not module.check_mode:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".%s." % os.path.basename(dest))
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(to_bytes(content))
-            module.atomic_move(tmp, os.path.abspath(dest), unsafe_writes=module.params["unsafe_writes"])
+            write_file(os.path.abspath(dest), to_bytes(content),
+                       move=lambda tmp, path: module.atomic_move(tmp, path, unsafe_writes=module.params["unsafe_writes"]))
         except OSError as exc:
             module.fail_json(msg="dest %s cannot be written: %s." % (dest, to_native(exc.strerror or exc)))
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     if os.path.exists(dest):
         file_args = module.load_file_common_arguments(module.params, path=dest)
         changed = module.set_fs_attributes_if_different(file_args, changed)

@@ -8,8 +8,9 @@ Builds a synthetic image store of random blobs (about --size-mib MiB, blobs name
 sha256, one OCI layout per image, store.json), then times:
 
 - the reference: ``cp -r`` of the blobs, ``sync``, then ``sha256sum`` of the copies;
-- pack (to --volume-size volumes), verify, unpack into an empty store (each followed by ``sync``
-  for the same footing as the reference; pack and unpack fsync every file themselves).
+- pack (to --volume-size volumes, signed with a fresh ECDSA P-256 key), verify and unpack into an
+  empty store (both checking the signature and reading the medium strictly), each followed by
+  ``sync`` for the same footing as the reference; pack and unpack fsync every file themselves.
 
 Prints a table and writes the numbers as JSON (--json). Run from the collection root:
 
@@ -30,6 +31,7 @@ import tempfile
 import time
 
 from ansible_collections.airgap.microshift.plugins.module_utils._bundle import pack, parse_size, unpack, verify
+from ansible_collections.airgap.microshift.plugins.module_utils._signing import generate_private_key
 
 MiB = 1024 * 1024
 
@@ -69,9 +71,13 @@ def build_store(root, total, seed=7):
         with open(os.path.join(root, layout, "index.json"), "w") as handle:
             json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
                                                           "digest": "sha256:" + digest, "size": len(manifest)}]}, handle)
+        media_type = "application/vnd.oci.image.manifest.v1+json"
         index["images"]["quay.io/bench/image%d@sha256:%s" % (number, digest)] = {
-            "digest": "sha256:" + digest, "media_type": "application/vnd.oci.image.manifest.v1+json", "layout": layout,
-            "manifests": [], "size": sum(layer["size"] for layer in layers) + len(manifest)}
+            "digest": "sha256:" + digest, "media_type": media_type, "manifest_size": len(manifest), "layout": layout,
+            "manifests": [{"digest": "sha256:" + digest, "size": len(manifest), "media_type": media_type, "platform": "linux/amd64",
+                           "blobs": [{"digest": layer["digest"], "size": layer["size"], "media_type": layer["mediaType"]}
+                                     for layer in layers]}],
+            "size": sum(layer["size"] for layer in layers) + len(manifest)}
     with open(os.path.join(root, "store.json"), "w") as handle:
         json.dump(index, handle, indent=2, sort_keys=True)
     return index
@@ -111,11 +117,13 @@ def main():
         media = os.path.join(work, "media")
         rebuilt = os.path.join(work, "rebuilt")
         volume_size = parse_size(args.volume_size)
-        t_pack, packed = timed(lambda: pack(store, media, volume_size=volume_size, parallel=args.parallel))
-        t_verify, (report, _m, _f) = timed(lambda: verify([media], parallel=args.parallel))
-        t_unpack, unpacked = timed(lambda: unpack([media], rebuilt, parallel=args.parallel))
-        t_repack, repacked = timed(lambda: pack(store, media, volume_size=volume_size, parallel=args.parallel))
-        t_reunpack, _done = timed(lambda: unpack([media], rebuilt, parallel=args.parallel))
+        key = generate_private_key()
+        trusted = [key.public_key()]
+        t_pack, packed = timed(lambda: pack(store, media, volume_size=volume_size, parallel=args.parallel, signing_key=key))
+        t_verify, (report, _m, _f) = timed(lambda: verify([media], parallel=args.parallel, trusted_keys=trusted))
+        t_unpack, unpacked = timed(lambda: unpack([media], rebuilt, parallel=args.parallel, trusted_keys=trusted))
+        t_repack, repacked = timed(lambda: pack(store, media, volume_size=volume_size, parallel=args.parallel, signing_key=key))
+        t_reunpack, _done = timed(lambda: unpack([media], rebuilt, parallel=args.parallel, trusted_keys=trusted))
         assert report["ok"] and packed["changed"] and not repacked["changed"] and unpacked["changed"]
         set_bytes = sum(os.path.getsize(os.path.join(r, n)) for r, _d, ns in os.walk(media) for n in ns)
     finally:

@@ -38,6 +38,8 @@ from tests.sandbox import ns as sandbox_ns  # noqa: E402  pylint: disable=wrong-
 from tests.sandbox import proxy as wanproxy  # noqa: E402  pylint: disable=wrong-import-position
 
 COLLECTIONS = os.path.join(REPO_ROOT, ".build", "collections")
+if COLLECTIONS not in sys.path:
+    sys.path.insert(0, COLLECTIONS)
 COMPONENTS = ["core", "olm", "multus", "gateway-api", "cert-manager", "sriov", "metrics-server", "node-exporter", "kube-state-metrics"]
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 SITE_PROXY_ADDR = "127.0.0.11"
@@ -66,6 +68,23 @@ def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argumen
     previous.update(FIGURES)
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(previous, handle, indent=2, sort_keys=True)
+
+
+# -- signing keys ----------------------------------------------------------------------------------
+
+
+def make_transfer_keys(directory):
+    """The test bed's transfer signing key pair (as airgap.microshift.signing_key writes one), in ``directory``."""
+    from ansible_collections.airgap.microshift.plugins.module_utils import _signing  # pylint: disable=import-outside-toplevel
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    key = _signing.generate_private_key()
+    private = os.path.join(directory, "transfer-signing.key")
+    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(_signing.private_key_pem(key))
+    with open(private + ".pub", "wb") as handle:
+        handle.write(_signing.public_key_pem(key))
+    return {"private": private, "public": private + ".pub", "key": key, "fingerprint": _signing.fingerprint(key.public_key())}
 
 
 # -- results -------------------------------------------------------------------------------------
@@ -138,6 +157,16 @@ class Bed:
         self.site_proxy_proc = None
         self.site_proxy_dir = None
         self.hosts_files = {}
+        self.keys = make_transfer_keys(os.path.join(work, "keys"))
+
+    def sign(self, args):
+        """``args`` of an image_bundle task with the test bed's signing key (pack) or trusted key (verify, unpack)."""
+        args = dict(args)
+        if args.get("state") == "pack":
+            args.setdefault("signing_key", self.keys["private"])
+        elif args.get("state") in ("verify", "unpack"):
+            args.setdefault("trusted_keys", [self.keys["public"]])
+        return args
 
     # playbooks ----------------------------------------------------------------------------
 

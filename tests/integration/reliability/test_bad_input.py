@@ -108,8 +108,8 @@ class Context:
                 index["images"].pop(sorted(index["images"])[0])
                 with open(index_path, "w", encoding="utf-8") as handle:
                     json.dump(index, handle)
-            result, dummy = bed.module("image_bundle", {"state": "pack", "store": store, "dest": media, "volume_size": half,
-                                                        "release": release_name})
+            result, dummy = bed.module("image_bundle", bed.sign({"state": "pack", "store": store, "dest": media, "volume_size": half,
+                                                                 "release": release_name}))
             assert result.rc == 0, result
         vols_a = sorted(v for v in os.listdir(self.media_a) if v.startswith("vol-"))
         vols_b = sorted(v for v in os.listdir(self.media_b) if v.startswith("vol-"))
@@ -136,6 +136,13 @@ class Context:
             handle.seek(-1, 1)
             handle.write(bytes([byte[0] ^ 0xFF]))
         self.corrupt_file = os.path.relpath(biggest, self.corrupt_media)
+
+        # A passphrase-protected signing key, and a public key file that is not a key.
+        from ansible_collections.airgap.microshift.plugins.module_utils import _signing  # pylint: disable=import-outside-toplevel
+        self.locked_key = self.path("locked.key")
+        with open(self.locked_key, "wb") as handle:
+            handle.write(_signing.private_key_pem(_signing.generate_private_key(), "the-right-passphrase"))
+        self.not_a_key = self.write("not-a-key.pub", "this is not a PEM public key\n")
 
     def path(self, name):
         return os.path.join(self.root, name)
@@ -202,10 +209,10 @@ CASES = {
         expect=[c.good_ref, "does not match its digest"], mirror_absent=[_mirror_repo(c, "corrupt")],
         unchanged=[c.corrupt_manifest_store]),
     "pack-corrupted-store-blob": lambda c, o: dict(
-        play=_module("image_bundle", {"state": "pack", "store": c.corrupt_store, "dest": o}),
+        play=_module("image_bundle", c.bed.sign({"state": "pack", "store": c.corrupt_store, "dest": o})),
         expect=[c.corrupt_layer.split(":", 1)[1], "corrupt"], absent=[os.path.join(o, "vol-001", "bundle.json")]),
     "verify-corrupted-volume-file": lambda c, o: dict(
-        play=_module("image_bundle", {"state": "verify", "src": [c.corrupt_media]}, hosts="airgapped"),
+        play=_module("image_bundle", c.bed.sign({"state": "verify", "src": [c.corrupt_media]}), hosts="airgapped"),
         expect=[os.path.basename(c.corrupt_file)], unchanged=[c.corrupt_media]),
     # Release files and image lists.
     "release-malformed-json": lambda c, o: dict(
@@ -232,14 +239,14 @@ CASES = {
         expect=["quay.io/opendatahub/vllm:fast"], absent=[_drop_in(c)]),
     # Options: sizes, paths, tools, types.
     "pack-invalid-volume-size": lambda c, o: dict(
-        play=_module("image_bundle", {"state": "pack", "store": c.ref["store"], "dest": o, "volume_size": "12XB"}),
+        play=_module("image_bundle", c.bed.sign({"state": "pack", "store": c.ref["store"], "dest": o, "volume_size": "12XB"})),
         expect=["volume_size", "12XB"], absent=[os.path.join(o, "vol-001")]),
     "pack-volume-smaller-than-manifest": lambda c, o: dict(
-        play=_module("image_bundle", {"state": "pack", "store": c.ref["store"], "dest": o, "volume_size": "4KiB"}),
+        play=_module("image_bundle", c.bed.sign({"state": "pack", "store": c.ref["store"], "dest": o, "volume_size": "4KiB"})),
         expect=["volume_size"], absent=[os.path.join(o, "vol-001")]),
     "transfer-invalid-volume-size": lambda c, o: dict(
         play=_role("transfer", {"transfer_side": "connected", "transfer_store": c.ref["store"], "transfer_media_path": o,
-                                "transfer_volume_size": "a lot"}),
+                                "transfer_volume_size": "a lot", "transfer_signing_key": c.bed.keys["private"]}),
         expect=["a lot"], absent=[os.path.join(o, "vol-001")]),
     "download-skopeo-path-missing": lambda c, o: dict(
         play=_module("image_download", {"images": [c.good_ref], "store": o, "skopeo_path": "/nonexistent/bin/skopeo"}),
@@ -306,10 +313,23 @@ CASES = {
         play=_module("registries_conf", {"path": o, "mirror": "https://" + c.mirror["hostport"]}),
         expect=["mirror", "https://"], absent=[o]),
     "unpack-bundle-from-another-release": lambda c, o: dict(
-        play=_module("image_bundle", {"state": "unpack", "src": [c.mixed_media], "store": o}, hosts="airgapped"),
+        play=_module("image_bundle", c.bed.sign({"state": "unpack", "src": [c.mixed_media], "store": o}), hosts="airgapped"),
         expect=["bundle"], absent=[o], unchanged=[c.mixed_media]),
+    "pack-signing-key-wrong-passphrase": lambda c, o: dict(
+        play=_module("image_bundle", {"state": "pack", "store": c.ref["store"], "dest": o, "signing_key": c.locked_key,
+                                      "signing_key_passphrase": "n0t-the-r1ght-0ne"}),
+        expect=[c.locked_key, "passphrase"], absent=[o]),
+    "pack-without-signing-key": lambda c, o: dict(
+        play=_module("image_bundle", {"state": "pack", "store": c.ref["store"], "dest": o}),
+        expect=["signing_key", "allow_unsigned"], absent=[o]),
+    "verify-trusted-key-not-a-key": lambda c, o: dict(
+        play=_module("image_bundle", {"state": "verify", "src": [c.media_a], "trusted_keys": [c.not_a_key]}, hosts="airgapped"),
+        expect=[c.not_a_key, "PEM"], unchanged=[c.media_a]),
+    "signing-key-missing-directory": lambda c, o: dict(
+        play=_module("signing_key", {"path": os.path.join(o, "keys", "transfer.key")}),
+        expect=[os.path.join(o, "keys")], absent=[o]),
     "unpack-missing-volume": lambda c, o: dict(
-        play=_module("image_bundle", {"state": "unpack", "src": [c.incomplete_media], "store": o}, hosts="airgapped"),
+        play=_module("image_bundle", c.bed.sign({"state": "unpack", "src": [c.incomplete_media], "store": o}), hosts="airgapped"),
         expect=["vol-001"], absent=[o]),
 }
 

@@ -134,7 +134,8 @@ def test_unpack_killed_half_way(calm, reference_store):
     bed = calm
     media = os.path.join(bed.work, "media-crash")
     os.makedirs(media)
-    result, pack = bed.module("image_bundle", {"state": "pack", "store": reference_store["store"], "dest": media, "release": "crash-test"})
+    pack_args = bed.sign({"state": "pack", "store": reference_store["store"], "dest": media, "release": "crash-test"})
+    result, pack = bed.module("image_bundle", pack_args)
     assert result.rc == 0, result
     total_blobs = len(reference_store["index"]["blobs"])
     caught, attempts = False, 0
@@ -144,8 +145,8 @@ def test_unpack_killed_half_way(calm, reference_store):
     while not caught and attempts < 4:
         attempts += 1
         store = os.path.join(bed.work, "unpacked-crash-%d" % attempts)
-        play = bed.task_play([{"name": "Unpack", "airgap.microshift.image_bundle": {
-            "state": "unpack", "src": [media], "store": store, "parallel": 1}}], hosts="airgapped")
+        play = bed.task_play([{"name": "Unpack", "airgap.microshift.image_bundle": bed.sign({
+            "state": "unpack", "src": [media], "store": store, "parallel": 1})}], hosts="airgapped")
         proc = bed.start_playbook(play)
         blobs = os.path.join(store, "blobs", "sha256")
 

@@ -120,7 +120,7 @@ def test_medium_too_small_for_the_transfer_set(calm, node_tmpfs, reference_store
     bed = calm
     mount = node_tmpfs("1m")
     media = os.path.join(mount, "media")
-    args = {"state": "pack", "store": reference_store["store"], "dest": media, "release": "disk-full"}
+    args = bed.sign({"state": "pack", "store": reference_store["store"], "dest": media, "release": "disk-full"})
     result, task = bed.module("image_bundle", args)
     assert result.rc != 0
     msg = task["msg"]
@@ -131,6 +131,6 @@ def test_medium_too_small_for_the_transfer_set(calm, node_tmpfs, reference_store
     _resize(bed, mount, "64m")
     result, task = bed.module("image_bundle", args)
     assert result.rc == 0, result
-    result, task = bed.module("image_bundle", {"state": "verify", "src": [media]})
+    result, task = bed.module("image_bundle", bed.sign({"state": "verify", "src": [media]}))
     assert result.rc == 0, result
     record("disk_full_media_check", {"tmpfs": "1m", "message": msg})

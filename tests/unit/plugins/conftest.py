@@ -27,6 +27,7 @@ import shutil
 import ssl
 import subprocess
 import tarfile
+import tempfile
 import threading
 import time
 import urllib.error
@@ -456,3 +457,35 @@ class SyntheticImages(object):
 def synthetic_images(local_registry, tmp_path):
     """A :class:`SyntheticImages` bound to ``local_registry``, with a seed unique to the test."""
     return SyntheticImages(local_registry, str(tmp_path / "synthetic"), seed="%s-%d" % (tmp_path.name, os.getpid()))
+
+
+# -- the fuzzing count, printed at the end of the session ----------------------------------------
+# Tests may run in forked children (ansible-test's ansible_forked) on xdist workers: each example
+# is counted as one line in a file the whole session shares, named in the environment.
+
+FUZZ_COUNTS_ENV = "AIRGAP_FUZZ_COUNTS"
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput") and FUZZ_COUNTS_ENV not in os.environ:
+        fd, path = tempfile.mkstemp(prefix="airgap-fuzz-", suffix=".counts")
+        os.close(fd)
+        os.environ[FUZZ_COUNTS_ENV] = path
+        config.airgap_fuzz_counts = path
+
+
+def pytest_terminal_summary(terminalreporter):
+    path = getattr(terminalreporter.config, "airgap_fuzz_counts", None)
+    if not path:
+        return
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = [line.strip() for line in handle if line.strip()]
+    finally:
+        os.unlink(path)
+    if lines:
+        totals = {}
+        for reader in lines:
+            totals[reader] = totals.get(reader, 0) + 1
+        terminalreporter.write_line("fuzzing of outside data: %d examples over %d readers (%s), no traceback" % (
+            len(lines), len(totals), ", ".join("%s %d" % (reader, number) for reader, number in sorted(totals.items()))))

@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 
-from ansible_collections.airgap.microshift.plugins.module_utils import _report
+from ansible_collections.airgap.microshift.plugins.plugin_utils import _report
 
 COLLECTION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(_report.__file__))))
 COLLECTIONS_PATH = os.path.dirname(os.path.dirname(os.path.dirname(COLLECTION_ROOT)))
@@ -121,3 +121,42 @@ def test_a_module_run_with_async_is_recorded_through_async_status(tmp_path):
     assert collected[0]["result"]["missing"] == ["quay.io/example/app@sha256:" + "a" * 64]
     assert collected[0]["result"]["summary"]["missing"] == 1
     assert not [r for r in report["results"] if r["task"] == "Collect the other job"]
+
+
+PHASE_ROLE_TASKS = """
+- name: Note that the role ran
+  ansible.builtin.debug:
+    msg: the role ran
+"""
+
+PHASE_PLAYBOOK = """
+- name: A role at the start and at the end, something slow in between
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Run the role at the start
+      ansible.builtin.include_role:
+        name: phase_role
+    - name: Wait outside the role
+      ansible.builtin.command: sleep 3
+      changed_when: false
+    - name: Run the role at the end
+      ansible.builtin.include_role:
+        name: phase_role
+"""
+
+
+def test_phase_time_is_the_time_of_its_own_tasks(tmp_path):
+    tasks = tmp_path / "roles" / "phase_role" / "tasks"
+    tasks.mkdir(parents=True)
+    (tasks / "main.yml").write_text(PHASE_ROLE_TASKS)
+    proc, report_dir = _run_playbook(tmp_path, "phase-test.yml", PHASE_PLAYBOOK, ANSIBLE_ROLES_PATH=str(tmp_path / "roles"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((report_dir / "latest.json").read_text())
+    phases = {p["phase"]: p for p in report["phases"]}
+    assert phases["phase_role"]["tasks"] == 2
+    assert phases["(playbook)"]["seconds"] >= 3.0
+    # The tasks run one after the other, so the phases' times add up to no more than the run's;
+    # a phase measured from its first task to its last would hold the 3 s wait a second time.
+    assert sum(p["seconds"] for p in report["phases"]) <= report["seconds"] + 0.01, report["phases"]
+    assert phases["phase_role"]["seconds"] < phases["(playbook)"]["seconds"], report["phases"]

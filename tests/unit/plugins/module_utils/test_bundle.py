@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -15,20 +16,37 @@ import subprocess
 
 import pytest
 
-from ansible_collections.airgap.microshift.plugins.module_utils import _bundle
+from ansible_collections.airgap.microshift.plugins.module_utils import _bundle, _signing
 from ansible_collections.airgap.microshift.plugins.module_utils._bundle import (
     BundleError,
     FAT32_MAX_FILE,
     InvalidSize,
     is_portable_path,
     make_receipt,
-    pack,
     parse_size,
     plan_pack,
-    unpack,
-    verify,
     verify_message,
 )
+
+# Every set of these tests is signed, as the module signs by default, and checked against the key.
+KEY = _signing.generate_private_key()
+TRUSTED = [KEY.public_key()]
+
+
+def pack(*args, **kwargs):
+    kwargs.setdefault("signing_key", KEY)
+    return _bundle.pack(*args, **kwargs)
+
+
+def verify(*args, **kwargs):
+    kwargs.setdefault("trusted_keys", TRUSTED)
+    return _bundle.verify(*args, **kwargs)
+
+
+def unpack(*args, **kwargs):
+    kwargs.setdefault("trusted_keys", TRUSTED)
+    return _bundle.unpack(*args, **kwargs)
+
 
 MiB = 1024 * 1024
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -84,8 +102,10 @@ def add_image(store, index, ref, layer_sizes, seed):
     index["images"][ref] = {
         "digest": digest,
         "media_type": OCI_MANIFEST,
+        "manifest_size": len(manifest),
         "layout": layout,
-        "manifests": [{"digest": digest, "platform": "linux/amd64", "size": len(manifest), "blobs": blobs}],
+        "manifests": [{"digest": digest, "platform": "linux/amd64", "size": len(manifest), "media_type": OCI_MANIFEST,
+                       "blobs": blobs}],
         "size": len(manifest) + sum(b["size"] for b in blobs),
         "fetched": "2026-01-01T00:00:00Z",
     }
@@ -115,10 +135,13 @@ def build_store(path, images=None):
 
 
 def update_store(path, index):
-    """A release update: two images now point to new content (new blobs); the old blobs stay."""
+    """A release update: two new images (new tags, new blobs); the old images and blobs stay.
+
+    A store never moves a tag it holds (the air-gapped side refuses to replace an image by another digest).
+    """
     before = set(index["blobs"])
-    add_image(path, index, "quay.io/openshift-release-dev/ocp-v4.0-art-dev:router", [300 * 1024, 1200 * 1024], 11)
-    add_image(path, index, "registry.redhat.io/lvms4/topolvm-rhel9:v4.18", [600 * 1024, 10 * 1024], 13)
+    add_image(path, index, "quay.io/openshift-release-dev/ocp-v4.0-art-dev:router-2", [300 * 1024, 1200 * 1024], 11)
+    add_image(path, index, "registry.redhat.io/lvms4/topolvm-rhel9:v4.19", [600 * 1024, 10 * 1024], 13)
     write_index(path, index)
     return dict((d, s) for d, s in index["blobs"].items() if d not in before)
 
@@ -245,7 +268,16 @@ def test_round_trip_with_split_blob(store, tmp_path):
         subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=vol_dir, check=True)
         listed = set(line.split("  ", 1)[1].strip() for line in open(os.path.join(vol_dir, "SHA256SUMS")))
         on_disk = set(os.path.relpath(os.path.join(r, n), vol_dir) for r, _d, ns in os.walk(vol_dir) for n in ns)
-        assert listed == on_disk - {"SHA256SUMS"}
+        assert listed == on_disk - {"SHA256SUMS", "bundle.json.sig"}
+        # The signature checks by hand too: base64 of what `openssl dgst -sha256 -sign` writes.
+        signature = os.path.join(str(tmp_path), "%s.sig.der" % vol)
+        with open(signature, "wb") as handle:
+            handle.write(base64.b64decode(open(os.path.join(vol_dir, "bundle.json.sig"), "rb").read()))
+        public = os.path.join(str(tmp_path), "public.pem")
+        with open(public, "wb") as handle:
+            handle.write(_signing.public_key_pem(KEY))
+        subprocess.run(["openssl", "dgst", "-sha256", "-verify", public, "-signature", signature, "bundle.json"],
+                       cwd=vol_dir, check=True, stdout=subprocess.DEVNULL)
     # Total size within 1% plus the fixed metadata of each volume.
     unique = sum(json.load(open(os.path.join(store, "store.json")))["blobs"].values())
     assert result["unique_bytes"] == unique

@@ -68,7 +68,7 @@ def test_plan_refuses_a_digest_mismatch_and_schema1():
         download.build_image_plan("%s@sha256:%s" % (REG, "0" * 64), raw, {})
     with pytest.raises(download.PlanError, match="schema 1"):
         download.parse_manifest(b'{"schemaVersion": 1, "fsLayers": []}', REG + ":1")
-    with pytest.raises(download.PlanError, match="not JSON"):
+    with pytest.raises(download.PlanError, match="not valid JSON"):
         download.parse_manifest(b"<html>", REG + ":1")
 
 

@@ -247,3 +247,16 @@ def test_render_read_back_disagreement_is_caught(monkeypatch):
     with pytest.raises(RegistriesConfError) as info:
         checked_render({"registry": [{"location": "docker.io", "blocked": True}]})
     assert "does not read back" in str(info.value)
+
+
+@pytest.mark.parametrize("header", ["line one\x00", "bell\x07", "escape \x1b[31m", "vertical\x0btab", "next line\u2028here", "del\x7f"])
+def test_header_with_a_control_character_is_refused(header):
+    data = rc.mirror_config("mirror.example.com:8443")
+    with pytest.raises(rc.RegistriesConfError, match="header holds the control character"):
+        rc.checked_render(data, header=header)
+
+
+def test_header_with_windows_line_ends_stays_toml():
+    data = rc.mirror_config("mirror.example.com:8443")
+    text = rc.checked_render(data, header="Ansible managed\r\nsecond line")
+    assert text.startswith("# Ansible managed\n# second line\n")

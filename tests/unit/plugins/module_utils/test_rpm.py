@@ -155,7 +155,7 @@ def test_zstd_through_the_zstd_command(rpms, monkeypatch):
         pytest.skip("zstd is not installed")
     monkeypatch.setattr(_rpm, "zstandard", None)
     calls = []
-    runner = _rpm.CommandRunner(run=lambda argv: (calls.append(argv[0]), run_command(argv))[1])
+    runner = _rpm.CommandRunner(spawn=lambda argv, stdin: (calls.append(argv[0]), _rpm.spawn_process(argv, stdin))[1])
     dummy, members = _rpm.extract(rpms["zstd"], PATTERN, runner)
     assert calls == [shutil.which("zstd")]
     assert len(members) == len(release_files("5.0"))

@@ -40,13 +40,17 @@ def _blob(store, data):
     return digest
 
 
+REF = "quay.io/r/a:x"
+LAYOUT = "images/quay.io/r/a/tag-x"
+
+
 def _entry(store, layers):
     digests = [_blob(str(store), data) for data in layers]
     config = _blob(str(store), b'{"architecture":"amd64","os":"linux"}')
     manifest = json.dumps({"layers": digests}).encode()
     mdigest = _blob(str(store), manifest)
-    store_mod.write_layout(str(store), "images/r/a/x", mdigest, store_mod.MEDIA_OCI_MANIFEST, len(manifest))
-    return {"digest": mdigest, "media_type": store_mod.MEDIA_OCI_MANIFEST, "manifest_size": len(manifest), "layout": "images/r/a/x",
+    store_mod.write_layout(str(store), LAYOUT, mdigest, store_mod.MEDIA_OCI_MANIFEST, len(manifest))
+    return {"digest": mdigest, "media_type": store_mod.MEDIA_OCI_MANIFEST, "manifest_size": len(manifest), "layout": LAYOUT,
             "manifests": [{"digest": mdigest, "size": len(manifest), "platform": "linux/amd64",
                            "blobs": [{"digest": config, "size": 37, "media_type": "c"}] +
                                     [{"digest": d, "size": len(data), "media_type": "l"} for d, data in zip(digests, layers)]}],
@@ -57,19 +61,19 @@ def test_index_round_trip_and_completeness(tmp_path):
     store = str(tmp_path)
     assert store_mod.read_index(store) == store_mod.empty_index()
     entry = _entry(tmp_path, [b"layer-one", b"layer-two"])
-    index = store_mod.record_image(store, "r/a:x", entry)
+    index = store_mod.record_image(store, REF, entry)
     assert store_mod.read_index(store) == index
     assert sum(index["blobs"].values()) == sum(os.path.getsize(store_mod.blob_path(store, d)) for d in index["blobs"])
-    assert store_mod.image_complete(store, index, "r/a:x")
-    assert not store_mod.image_complete(store, index, "r/a:other")
+    assert store_mod.image_complete(store, index, REF)
+    assert not store_mod.image_complete(store, index, "quay.io/r/a:other")
     # a blob with the wrong size makes the image incomplete
     layer = entry["manifests"][0]["blobs"][1]["digest"]
     with open(store_mod.blob_path(store, layer), "ab") as handle:
         handle.write(b"!")
-    assert not store_mod.image_complete(store, index, "r/a:x")
+    assert not store_mod.image_complete(store, index, REF)
     assert "has 10 bytes instead of 9" in store_mod.verify_blob(store, layer, 9)
     os.unlink(store_mod.blob_path(store, layer))
-    assert not store_mod.image_complete(store, index, "r/a:x")
+    assert not store_mod.image_complete(store, index, REF)
     assert store_mod.verify_blob(store, layer, 9) == "blob %s is missing" % layer
 
 
@@ -93,6 +97,13 @@ def test_put_blob_refuses_wrong_content(tmp_path):
     (b"[]", "not a JSON object"),
     (b'{"format": 2, "images": {}, "blobs": {}}', "has format 2"),
     (b'{"format": 1, "images": [], "blobs": {}}', "must be objects"),
+    (b'{"format": 1, "images": {}, "blobs": {"sha256:../../x": 1}}', "not a sha256 digest"),
+    (b'{"format": 1, "images": {}, "blobs": {}, "images": {}}', "appears twice"),
+    (b'[' * 5000 + b']' * 5000, "nests deeper"),
+    (b'{"format": 1, "images": {"quay.io/a/b:c": {"digest": "sha256:' + HEX.encode() + b'", "media_type": "x", "manifest_size": 1,'
+     b' "layout": "../../etc", "manifests": []}}, "blobs": {}}', "is not the image's own"),
+    (b'{"format": 1, "images": {"quay.io/a/b@sha256:' + b"b" * 64 + b'": {"digest": "sha256:' + HEX.encode() + b'"}}, "blobs": {}}',
+     "lacks the key"),
 ])
 def test_malformed_index_is_named(tmp_path, content, words):
     (tmp_path / "store.json").write_bytes(content)
@@ -116,10 +127,12 @@ def test_write_index_is_atomic_and_leaves_no_temporary(tmp_path):
 def test_concurrent_records_keep_every_image(tmp_path):
     store = str(tmp_path)
     store_mod.write_index(store, store_mod.empty_index())
-    entry = {"digest": "sha256:" + HEX, "manifest_size": 1, "layout": "images/x", "manifests": [], "size": 1}
 
     def record(i):
-        store_mod.record_image(store, "r/a:%d" % i, dict(entry))
+        ref = "quay.io/r/a:%d" % i
+        entry = {"digest": "sha256:" + HEX, "media_type": store_mod.MEDIA_OCI_INDEX, "manifest_size": 1, "layout": store_mod.layout_path(ref),
+                 "manifests": [], "size": 1}
+        store_mod.record_image(store, ref, entry)
 
     threads = [threading.Thread(target=record, args=(i,)) for i in range(16)]
     for thread in threads:

@@ -152,6 +152,10 @@ def _manifest(config, layers):
             "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": s} for d, s in layers]}
 
 
+def blobs_dir(root):
+    return os.path.join(root, "blobs", "sha256")
+
+
 def _store(root):
     blobs = os.path.join(root, "blobs", "sha256")
     layer = _write_blob(blobs, b"layer")
@@ -166,8 +170,17 @@ def _store(root):
     os.makedirs(os.path.join(root, layout))
     with open(os.path.join(root, layout, "index.json"), "w") as handle:
         json.dump({"schemaVersion": 2, "manifests": [{"mediaType": OCI_INDEX, "digest": index[0], "size": index[1]}]}, handle)
+    blobs = dict((d, n) for d, n in (layer, config, amd, arm, index))
+    shared = [{"digest": config[0], "size": config[1]}, {"digest": layer[0], "size": layer[1]}]
+    entry = {"digest": index[0], "media_type": OCI_INDEX, "manifest_size": index[1], "layout": layout, "manifests": [
+        {"digest": amd[0], "size": amd[1], "media_type": OCI_MANIFEST, "blobs": list(shared)},
+        {"digest": arm[0], "size": arm[1], "media_type": OCI_MANIFEST, "blobs": list(shared)}]}
+    # the arm manifest's own layer: the one blob file not named above
+    for name in [d for d in os.listdir(blobs_dir(root)) if "sha256:" + d not in blobs]:
+        blobs["sha256:" + name] = os.path.getsize(os.path.join(blobs_dir(root), name))
+        entry["manifests"][1]["blobs"].append({"digest": "sha256:" + name, "size": blobs["sha256:" + name]})
     with open(os.path.join(root, "store.json"), "w") as handle:
-        json.dump({"format": 1, "images": {ref: {"digest": index[0], "layout": layout}}, "blobs": {}}, handle)
+        json.dump({"format": 1, "images": {ref: entry}, "blobs": blobs}, handle)
     return ref, index[0], [amd[0], arm[0]], layer, config
 
 
@@ -191,7 +204,7 @@ def test_load_store_missing_manifest_names_the_image(tmp_path):
 def test_load_store_rejects_bad_index(tmp_path):
     with open(os.path.join(str(tmp_path), "store.json"), "w") as handle:
         json.dump({"format": 2}, handle)
-    with pytest.raises(UploadError, match="not a format 1 store index"):
+    with pytest.raises(UploadError, match="has format 2; this collection reads format 1"):
         load_images(str(tmp_path))
 
 

@@ -178,6 +178,9 @@ def test_bad_reference_and_missing_skopeo_fail_clearly(local_registry, tmp_path,
     failed, result = run_module(capsys, _args(local_registry, str(tmp_path / "s"), ["quay.io/a/b:1"],
                                               skopeo_path=str(tmp_path / "nope")))
     assert failed and "skopeo_path" in result["msg"]
+    # skopeo would read everything after the ':' of oci:<path>:<ref> as the image name.
+    failed, result = run_module(capsys, _args(local_registry, str(tmp_path / "a:b"), ["quay.io/a/b:1"]))
+    assert failed and "contains ':'" in result["msg"] and not os.path.exists(str(tmp_path / "a:b"))
 
 
 def test_interrupted_image_is_completed_by_the_next_run(local_registry, synthetic_images, tmp_path, capsys):

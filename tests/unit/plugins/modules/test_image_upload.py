@@ -319,7 +319,8 @@ class ImageSet:
             manifests.append({"digest": child["digest"], "size": child["size"], "blobs": blobs,
                               "platform": "%s/%s" % (platform.get("os"), platform.get("architecture"))})
             size += sum(b["size"] for b in blobs) + (child["size"] if child["digest"] != top["digest"] else 0)
-        return {"digest": top["digest"], "media_type": top["mediaType"], "layout": layout, "manifests": manifests,
+        return {"digest": top["digest"], "media_type": top["mediaType"], "manifest_size": top["size"], "layout": layout,
+                "manifests": manifests,
                 "size": size, "fetched": "2026-01-01T00:00:00Z"}
 
     def build_dir_tree(self, root):

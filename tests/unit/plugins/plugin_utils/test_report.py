@@ -8,9 +8,10 @@ import json
 
 import pytest
 
-from ansible_collections.airgap.microshift.plugins.module_utils._report import (
+from ansible_collections.airgap.microshift.plugins.plugin_utils._report import (
     HIDDEN,
     human_bytes,
+    phase_seconds,
     render_markdown,
     sanitize,
 )
@@ -74,3 +75,26 @@ def test_render_markdown_sections():
     assert "manifest unknown \\| not found" in text
     assert "**Upload** on `bastion` (upload): the mirror refused the credentials" in text
     assert "mirror-260101000000-1" in text
+
+
+def test_phase_seconds_sum_the_tasks_own_times():
+    # image_list runs at the start and again at the end of the play: its time is the time of its
+    # own tasks (3 s + 2 s), not the 100 s between its first task and its last.
+    runs = [
+        {"phase": "image_list", "started": 1000.0, "ended": 1003.0},
+        {"phase": "download", "started": 1003.0, "ended": 1090.0},
+        {"phase": "(playbook)", "started": 1090.0, "ended": 1098.0},
+        {"phase": "image_list", "started": 1098.0, "ended": 1100.0},
+    ]
+    assert phase_seconds(runs) == {"image_list": 5.0, "download": 87.0, "(playbook)": 8.0}
+
+
+def test_phase_seconds_count_a_task_run_on_many_hosts_once():
+    # One task on three hosts at the same time is one run: its span, not three times it.
+    runs = [{"phase": "host_config", "started": 10.0, "ended": 12.5}]
+    assert phase_seconds(runs) == {"host_config": 2.5}
+
+
+def test_phase_seconds_skip_runs_without_results():
+    runs = [{"phase": "upload", "started": 5.0, "ended": None}, {"phase": "upload", "started": 6.0, "ended": 6.25}]
+    assert phase_seconds(runs) == {"upload": 0.25}

@@ -2,9 +2,10 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""Run reports: keep secrets out, and render a report as Markdown.
+"""Run reports: keep secrets out, time the phases, and render a report as Markdown.
 
-Plain functions used by the ``airgap.microshift.run_report`` callback and by unit tests.
+Plain functions used by the ``airgap.microshift.run_report`` callback (on the control node only)
+and by unit tests.
 """
 
 from __future__ import annotations
@@ -31,6 +32,22 @@ def sanitize(value):
     if isinstance(value, str):
         return _SECRET_VALUE.sub(HIDDEN, value)
     return value
+
+
+def phase_seconds(runs):
+    """Seconds per phase: the sum of the phase's own task runs.
+
+    ``runs`` holds one dict per start of a task (``phase``, ``started``, ``ended``: the time of its
+    last result on any host, ``None`` when it has none). A role that runs at the start and again at
+    the end of a play is timed by its own tasks, not by the span between its first and last task.
+    """
+    seconds = {}
+    for run in runs:
+        if run.get("ended") is None:
+            continue
+        spent = max(0.0, run["ended"] - run["started"])
+        seconds[run["phase"]] = seconds.get(run["phase"], 0.0) + spent
+    return {phase: round(value, 3) for phase, value in seconds.items()}
 
 
 def human_bytes(value):

@@ -1,0 +1,175 @@
+# Copyright: airgap.microshift contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Writing files so that a crash never leaves an empty, half-written or stray file.
+
+Plain functions with no Ansible dependency. :func:`write_file` is the one small-file writer:
+a temporary file in the target directory, written and fsynced, renamed over the target (by
+``os.replace`` or by the caller's ``move``, e.g. ``AnsibleModule.atomic_move`` to keep SELinux
+contexts and attributes), then the directory fsynced so the rename itself survives a power cut;
+on any failure the temporary file is removed.
+
+Long writes (blobs, volume files) use :func:`open_temp`: the temporary file is created and
+locked (``flock``) while a directory lock is held, so :func:`remove_stale_temps`, which runs
+under the same lock, removes only the temporary files whose writer is gone, never those of a
+concurrent run.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+import threading
+
+TEMP_PREFIX = ".bundle-"
+TEMP_SUFFIX = ".tmp"
+
+
+def fsync_dir(directory):
+    """fsync a directory (after a rename or unlink in it); filesystems that cannot are let be."""
+    try:
+        fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def discard(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def same_content(path, data):
+    """True when ``path`` is a file holding exactly ``data``."""
+    try:
+        if os.path.getsize(path) != len(data):
+            return False
+        with open(path, "rb") as handle:
+            return handle.read() == data
+    except OSError:
+        return False
+
+
+def write_file(path, data, mode=None, move=None, prefix=None, synced_dirs=None):
+    """Write ``data`` (bytes) to ``path`` atomically and durably.
+
+    ``mode`` is applied to the temporary file before the rename. ``move(temp, path)`` replaces
+    the rename (``AnsibleModule.atomic_move``); it may raise or exit, the temporary file is
+    removed all the same. With ``synced_dirs`` (a set), the directory is added to it instead of
+    being fsynced now: a caller writing many files fsyncs each directory once, at the end.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temp = tempfile.mkstemp(dir=directory, prefix=prefix or ".%s." % os.path.basename(path)[:32], suffix=TEMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if mode is not None:
+            os.chmod(temp, mode)
+        if move is None:
+            os.replace(temp, path)
+        else:
+            move(temp, path)
+        temp = None
+        if synced_dirs is None:
+            fsync_dir(directory)
+        else:
+            synced_dirs.add(directory)
+    finally:
+        if temp is not None:
+            discard(temp)
+    return True
+
+
+class DirLock:
+    """An exclusive ``flock`` on ``<directory>/<name>``, or on ``directory`` itself when ``name`` is None
+    (no file is created: a medium gets nothing it does not carry). Serialises temp-file creation and cleanup."""
+
+    def __init__(self, directory, name=None):
+        self.path = os.path.join(directory, name) if name else directory
+        self.fd = None
+        # Threads of one run share the instance: they take turns before the flock.
+        self._thread_lock = threading.Lock()
+
+    def __enter__(self):
+        self._thread_lock.acquire()
+        try:
+            if os.path.isdir(self.path):
+                self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+            else:
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(self.fd)
+                raise
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+        finally:
+            self._thread_lock.release()
+        return False
+
+
+def open_temp(directory, label, lock):
+    """A new temporary file in ``directory``, locked for as long as it is open: ``(file object, path)``.
+
+    ``lock`` is a context manager (:class:`DirLock` or the store's lock) also held by
+    :func:`remove_stale_temps`: a temporary file is never seen unlocked by the cleanup.
+    """
+    with lock:
+        fd, temp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX + label[:16] + ".", suffix=TEMP_SUFFIX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BaseException:
+            os.close(fd)
+            discard(temp)
+            raise
+    return os.fdopen(fd, "wb", buffering=0), temp
+
+
+def remove_stale_temps(directory, lock):
+    """Remove the temporary files a crashed run left in ``directory`` (ours only, by prefix and suffix).
+
+    Under ``lock``, each candidate is locked without waiting first: a file whose writer still
+    runs stays locked by it and is left alone. Returns the names removed.
+    """
+    removed = []
+    with lock:
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            return removed
+        for name in names:
+            if not (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)):
+                continue
+            path = os.path.join(directory, name)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live writer holds it
+            finally:
+                os.close(fd)
+            discard(path)
+            removed.append(name)
+    return removed
