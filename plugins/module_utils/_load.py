@@ -24,15 +24,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import struct
 import tempfile
 import time
 
-from ansible_collections.airgap.microshift.plugins.module_utils import _bundle
-from ansible_collections.airgap.microshift.plugins.module_utils import _store
-from ansible_collections.airgap.microshift.plugins.module_utils import _workers
+from ansible_collections.airgap.microshift.plugins.module_utils import _bundle, _files, _store, _strict, _workers
 from ansible_collections.airgap.microshift.plugins.module_utils._containers_storage import (
     StorageError,
     storage_names,
@@ -47,7 +44,8 @@ RECORD_KIND = "airgap.microshift.host-images"
 UNKNOWN_RATIO = 3
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
+# The record of what was loaded lists refs and digests: a few hundred bytes per image.
+MAX_RECORD = _strict.MAX_LARGE_JSON
 
 
 class LoadError(Exception):
@@ -197,25 +195,24 @@ def _unique_bytes(images):
     return sum(blobs.values())
 
 
-def unpacked_size(path, size, media_type=""):
-    """The unpacked size of a layer file: a gzip trailer's ISIZE, a zstd frame's content size, a plain tar's size.
+def unpacked_size(read, size, media_type=""):
+    """The unpacked size of a layer: a gzip trailer's ISIZE, a zstd frame's content size, a plain tar's size.
 
-    None when the file does not say (the caller then estimates).
+    ``read(offset, length)`` returns bytes of the layer (None when it cannot). None when the layer
+    does not say (the caller then estimates).
     """
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(18)
-            if head.startswith(GZIP_MAGIC) and size >= 18:
-                handle.seek(size - 4)
-                isize = struct.unpack("<I", handle.read(4))[0]
-                # ISIZE is modulo 2**32: a layer that unpacks to more than 4 GiB wraps.
-                while isize + 2 ** 31 < size:
-                    isize += 2 ** 32
-                return isize
-            if head.startswith(ZSTD_MAGIC):
-                return _zstd_content_size(head)
-    except (IOError, OSError, struct.error):
-        return None
+    head = read(0, min(18, size)) if size else None
+    if head and head.startswith(GZIP_MAGIC) and size >= 18:
+        tail = read(size - 4, 4)
+        if not tail or len(tail) != 4:
+            return None
+        isize = struct.unpack("<I", tail)[0]
+        # ISIZE is modulo 2**32: a layer that unpacks to more than 4 GiB wraps.
+        while isize + 2 ** 31 < size:
+            isize += 2 ** 32
+        return isize
+    if head and head.startswith(ZSTD_MAGIC):
+        return _zstd_content_size(head)
     if "tar" in media_type and "gzip" not in media_type and "zstd" not in media_type:
         return size
     return None
@@ -270,16 +267,17 @@ class StoreSource(object):
     """An image store (``store.json`` + ``blobs/``) on the host: read in place."""
 
     kind = "store"
+    warnings = ()
 
     def __init__(self, path, index_text=None):
         self.path = os.path.abspath(path)
-        if index_text is not None:
-            self.index = parse_index(index_text)
-        else:
-            try:
-                self.index = _bundle.load_store(self.path)
-            except _bundle.BundleError as exc:
-                raise LoadError(str(exc))
+        try:
+            if index_text is not None:
+                self.index = parse_index(index_text)
+            else:
+                self.index = _store.read_index(self.path)
+        except _store.StoreError as exc:
+            raise LoadError("The image store %s cannot be read: %s" % (self.path, exc))
         self.blob_dir = os.path.join(self.path, _store.BLOBS_DIR)
 
     def describe(self):
@@ -299,8 +297,14 @@ class StoreSource(object):
                 " (and %d more blob problem(s))" % (len(problems) - 1) if len(problems) > 1 else ""),
                 bad_blobs=[d for d, _p in problems])
 
-    def blob_path(self, digest):
-        return _store.blob_path(self.path, digest)
+    def read_range(self, digest, size, offset, length):
+        """Bytes of a blob of the store, read strictly (a regular file of ``size`` bytes); None when it is not there."""
+        try:
+            with _strict.open_regular(self.path, _store.blob_relpath(digest), size=size) as handle:
+                handle.seek(offset)
+                return handle.read(length)
+        except (_strict.OutsideDataError, OSError):
+            return None
 
     def check_available(self, blobs, images):
         """The blobs of the plan the store lacks (or holds with another size): ``{digest: size}``, found by a stat each."""
@@ -318,45 +322,49 @@ class StoreSource(object):
 
 
 class SetSource(object):
-    """A transfer set (volumes of ``image_bundle`` pack) on the host: only the blobs the plan needs are
-    joined into a staging store, each hashed before it is renamed into place."""
+    """A transfer set (volumes of ``image_bundle`` pack) on the host, checked as ``image_bundle`` unpack checks it.
+
+    The signature against the trusted keys first, then every file's presence and size, the set's
+    ``store.json`` and layouts (``_bundle.open_set``); only the blobs the plan needs are then joined
+    into a staging store, each hashed before it is renamed into place (``_bundle.join_blobs``).
+    """
 
     kind = "transfer_set"
 
-    def __init__(self, paths, staging):
+    def __init__(self, paths, staging, trusted_keys=None, allow_unsigned=False):
         self.paths = [os.path.abspath(p) for p in paths]
         self.staging = os.path.abspath(staging)
         try:
-            self.manifest, self.found, problems = _bundle.load_bundle(self.paths)
-        except _bundle.BundleError as exc:
-            raise LoadError(str(exc))
-        total = self.manifest["volume_count"]
-        absent = [n for n in sorted(self.manifest["volumes"]) if n not in self.found]
-        if absent:
-            raise LoadError("Bundle %s is incomplete: %s." % (self.manifest["bundle_id"], "; ".join(
-                "%s of %d is missing" % (n, total) for n in absent)), missing_volumes=absent)
-        if problems:
-            raise LoadError("Bundle %s has unreadable manifests: %s." % (self.manifest["bundle_id"], ", ".join(problems)),
-                            corrupt=problems)
-        try:
-            self.index = _bundle.read_set_index(self.manifest, self.found)
+            keys = _bundle.load_trusted_keys(trusted_keys) if trusted_keys else None
+            self.opened = _bundle.open_set(self.paths, keys, allow_unsigned)
         except _bundle.BundleError as exc:
             raise LoadError(str(exc), **exc.details)
+        self.manifest = self.opened["manifest"]
+        self.index = self.opened["index"]
+        self.signed_by = self.opened["info"]["signer"]
+        self.warnings = tuple(self.opened["info"]["warnings"])
         self.blob_dir = os.path.join(self.staging, _store.BLOBS_DIR)
         self.written = False
 
     def describe(self):
         return {"kind": self.kind, "path": ", ".join(self.paths), "bundle_id": self.manifest["bundle_id"],
-                "release": self.manifest.get("release"), "delta": bool(self.manifest.get("delta")), "staging": self.staging}
+                "release": self.manifest.get("release"), "delta": bool(self.manifest.get("delta")), "staging": self.staging,
+                "signed_by": self.signed_by}
 
     def absent_blobs(self, blobs):
-        return sorted(d for d in blobs if d not in self.manifest["blobs"])
+        return sorted(digest for digest in blobs if digest not in self.manifest["blobs"])
 
     def staging_bytes(self, blobs):
         return sum(size for digest, size in blobs.items() if _store.blob_size(self.staging, digest) != size)
 
-    def blob_path(self, digest):
-        return _store.blob_path(self.staging, digest)
+    def read_range(self, digest, size, offset, length):
+        """Bytes of a blob as the set carries it (for size hints: not hashed yet); None when the set does not carry it."""
+        if digest not in self.manifest["blobs"]:
+            return None
+        try:
+            return _bundle.read_blob_range(self.opened, digest, offset, length)
+        except _bundle.BundleError:
+            return None
 
     def check_available(self, blobs, images):
         """Every blob the plan reads is carried by the set (a delta carries only new blobs)."""
@@ -374,16 +382,13 @@ class SetSource(object):
         """Join every needed blob into the staging store; on a corrupt one, remove what this run wrote."""
         self.check_available(blobs, images)
         todo = [d for d in sorted(blobs, key=lambda d: -blobs[d]) if _store.blob_size(self.staging, d) != blobs[d]]
-        os.makedirs(os.path.join(self.staging, *_bundle.BLOB_DIR.split("/")), exist_ok=True)
         self.written = True
-        _bundle.remove_stale_temps(os.path.join(self.staging, *_bundle.BLOB_DIR.split("/")))
-        results = _workers.run_parallel(todo, parallel, lambda d: _bundle.extract_blob(self.manifest, self.found, d, self.staging))
-        corrupt = sorted(problem for _n, problem in results if problem)
+        written, corrupt = _bundle.join_blobs(self.opened, self.staging, todo, parallel)
         if corrupt:
             self.cleanup()
             raise LoadError("Bundle %s holds corrupt file(s), nothing was loaded: %s." % (self.manifest["bundle_id"], ", ".join(corrupt)),
                             corrupt=corrupt)
-        return sum(n for n, _p in results)
+        return written
 
     def cleanup(self):
         if self.written:
@@ -391,22 +396,20 @@ class SetSource(object):
 
 
 def parse_index(text, where="the index option"):
-    """A store index given as JSON text (the ``store.json`` of a store elsewhere), validated."""
+    """A store index given as JSON text (the ``store.json`` of a store elsewhere), read as strictly as a store's own."""
+    data = text.encode("utf-8") if isinstance(text, str) else text
     try:
-        index = json.loads(text)
-        _store.validate_index(index, where)
-    except ValueError as exc:
-        raise LoadError("The store index in %s is not valid JSON: %s." % (where, exc))
+        return _store.parse_index(data, where)
     except _store.StoreError as exc:
-        raise LoadError("The store index in %s is not usable: %s." % (where, exc))
-    for digest, size in index["blobs"].items():
-        if not _DIGEST_RE.match(str(digest)) or not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise LoadError("The store index in %s lists an invalid blob %r: %r." % (where, digest, size))
-    return index
+        raise LoadError("The store index in %s is not usable: %s" % (where, exc))
 
 
-def open_source(paths, staging, index_text=None):
-    """A :class:`StoreSource` for a directory holding ``store.json`` (or when the index is given), else a :class:`SetSource`."""
+def open_source(paths, staging, index_text=None, trusted_keys=None, allow_unsigned=False):
+    """A :class:`StoreSource` for a directory holding ``store.json`` (or when the index is given), else a :class:`SetSource`.
+
+    ``trusted_keys`` (paths of public key files) and ``allow_unsigned`` apply to a transfer set; a
+    store carries no signature (its set was checked when it was unpacked).
+    """
     if index_text is not None:
         if len(paths) != 1:
             raise LoadError("With an index, give one image store directory as the source, not %d paths." % len(paths))
@@ -416,28 +419,35 @@ def open_source(paths, staging, index_text=None):
     for path in paths:
         if not os.path.isdir(path):
             raise LoadError("The image source %s is not a directory." % path)
-    return SetSource(paths, staging)
+    return SetSource(paths, staging, trusted_keys, allow_unsigned)
 
 
 # --------------------------------------------------------------------------- the record of what was loaded
 
 
 def read_record(path):
-    try:
-        with open(path, "rb") as handle:
-            data = json.loads(handle.read().decode("utf-8"))
-    except (IOError, OSError):
+    """The record of what was loaded (the module's own file on the host), read strictly; an empty one when absent."""
+    if not os.path.lexists(path):
         return {"format": RECORD_FORMAT, "kind": RECORD_KIND, "storages": {}}
-    except ValueError as exc:
-        raise LoadError("The record %s is not valid JSON (%s); move it away to start a new one." % (path, exc))
+    try:
+        data = _strict.read_json(os.path.dirname(os.path.abspath(path)), os.path.basename(path), path, max_size=MAX_RECORD)
+    except _strict.OutsideDataError as exc:
+        raise LoadError("The record %s cannot be read (%s); move it away to start a new one." % (path, str(exc).rstrip(".")))
     if not isinstance(data, dict) or data.get("kind") != RECORD_KIND or not isinstance(data.get("storages"), dict):
         raise LoadError("The file %s is not a record of loaded images; give another path." % path)
     return data
 
 
+def record_bytes(record):
+    return json.dumps(record, indent=1, sort_keys=True).encode("utf-8") + b"\n"
+
+
 def write_record(path, record):
-    """Write the record atomically; False when it already says the same."""
-    return _bundle.write_atomic(path, _bundle.canonical_json(record), mode=0o644)
+    """Write the record atomically and durably; False when it already says the same."""
+    data = record_bytes(record)
+    if _files.same_content(path, data):
+        return False
+    return _files.write_file(path, data, mode=0o644)
 
 
 # --------------------------------------------------------------------------- running a load
@@ -477,50 +487,23 @@ class Loader(object):
         self.clock = clock
 
     def layer_sizes(self, images):
+        """Unpacked sizes of the layers of ``images``, read from the layers themselves where the source has them."""
         sizes = {}
         for image in images:
             for digest, size, media_type in image["layers"]:
                 if digest in sizes:
                     continue
-                path = self.source.blob_path(digest)
-                if os.path.exists(path):
-                    found = unpacked_size(path, size, media_type)
-                    if found is not None:
-                        sizes[digest] = found
+                found = unpacked_size(lambda offset, length, d=digest, n=size: self.source.read_range(d, n, offset, length),
+                                      size, media_type)
+                if found is not None:
+                    sizes[digest] = found
         return sizes
 
     def make_plan(self, held):
         draft = plan(self.source.index, self.refs, self.platform, held, self.tool.storage.driver)
-        # Unpacked sizes can be read only where the layer already is: in a store, or in a staging
-        # store a previous, interrupted run filled. A set's layers are read from the set.
-        sizes = self.layer_sizes(draft["to_load"])
-        if isinstance(self.source, SetSource):
-            sizes.update(self._set_layer_sizes(draft))
-        return plan(self.source.index, self.refs, self.platform, held, self.tool.storage.driver, sizes)
-
-    def _set_layer_sizes(self, draft):
-        sizes = {}
-        manifest = self.source.manifest
-        for image in draft["to_load"]:
-            for digest, size, media_type in image["layers"]:
-                record = manifest["blobs"].get(digest)
-                if record is None or digest in sizes:
-                    continue
-                if "parts" in record:
-                    last = record["parts"][-1]
-                    path = os.path.join(self.source.found.get(last["volume"], ""), last["path"])
-                    found = _last_four(path, last["size"]) if size >= 18 else None
-                    first = record["parts"][0]
-                    if found is not None and _starts_gzip(os.path.join(self.source.found.get(first["volume"], ""), first["path"])):
-                        while found + 2 ** 31 < size:
-                            found += 2 ** 32
-                        sizes[digest] = found
-                    continue
-                path = os.path.join(self.source.found.get(record["volume"], ""), record["path"])
-                found = unpacked_size(path, size, media_type)
-                if found is not None:
-                    sizes[digest] = found
-        return sizes
+        # Unpacked sizes can be read only where the layer already is: in a store or a set on the host
+        # (with an index, the blobs a previous run carried).
+        return plan(self.source.index, self.refs, self.platform, held, self.tool.storage.driver, self.layer_sizes(draft["to_load"]))
 
     def removals(self, record):
         """Images this module loaded into this storage earlier that no ref of the list wants any more."""
@@ -661,20 +644,3 @@ def _writable_parent(source):
         os.makedirs(source.staging, exist_ok=True)
         return source.staging
     return None
-
-
-def _last_four(path, size):
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(size - 4)
-            return struct.unpack("<I", handle.read(4))[0]
-    except (IOError, OSError, struct.error):
-        return None
-
-
-def _starts_gzip(path):
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(2) == GZIP_MAGIC
-    except (IOError, OSError):
-        return False

@@ -22,10 +22,14 @@ description:
     An image the storage already holds by digest is skipped. A layer the storage already holds (in an
     image of this or an earlier release) is neither read nor written again, and two images that add the
     same new layer are never loaded at the same time, so every layer is written once per host.
-  - Before anything is written, the module checks that the source holds every blob it needs (a
-    transfer set is read only for the blobs it needs, each hashed before it is used, into
-    O(staging)), and that the storage, the temporary directory of skopeo and O(staging) have room for
-    what is missing; a filesystem without room fails naming its path and the bytes.
+  - A transfer set is checked exactly as M(airgap.microshift.image_bundle) O(state=unpack) checks it, by the same
+    code: its signature against O(trusted_keys) before anything else is read from the medium, then every file's
+    presence and size (a file the set does not list is never opened), C(SHA256SUMS), the set's C(store.json) and
+    layouts against the signed manifest. Only the blobs the host needs are then read, each hashed before it is
+    used, into O(staging).
+  - Before anything is written, the module checks that the source holds every blob it needs, and that the
+    storage, the temporary directory of skopeo and O(staging) have room for what is missing; a filesystem
+    without room fails naming its path and the bytes.
   - Afterwards every image of O(images) is read back through C(skopeo inspect --raw containers-storage:...)
     and must hash to its digest.
   - The storage is only ever read and written through skopeo (C(containers-storage:) transport), never by
@@ -34,6 +38,7 @@ author:
   - airgap.microshift contributors (@airgap-microshift)
 requirements:
   - skopeo 1.9 or later on the host
+  - the Python package cryptography on the host, to check a transfer set's signature
 extends_documentation_fragment:
   - airgap.microshift.attributes
 attributes:
@@ -54,6 +59,23 @@ options:
     type: list
     elements: path
     required: true
+  trusted_keys:
+    description:
+      - With a transfer set as O(src), the public keys (SubjectPublicKeyInfo PEM files on the host; a file may hold
+        several) the set may be signed with, as for M(airgap.microshift.image_bundle). Several keys are accepted at
+        once, for a key rotation. See C(docs/signing.md).
+      - Required with a transfer set unless O(allow_unsigned=true). An image store (O(src) holding C(store.json), or
+        O(index)) carries no signature: it was checked when its set was unpacked.
+    type: list
+    elements: path
+    default: []
+  allow_unsigned:
+    description:
+      - With a transfer set as O(src), accept a set that is not signed, or check none when no O(trusted_keys) are
+        given, with a warning. Only for sets whose origin is checked some other way. A signature that does not
+        verify against a given trusted key is always refused.
+    type: bool
+    default: false
   images:
     description:
       - The original references of the images to load, as listed by M(airgap.microshift.release_images)
@@ -123,10 +145,11 @@ notes:
 
 EXAMPLES = r"""
 ---
-- name: Load the release from the medium mounted on the host
+- name: Load the release from the medium mounted on the host, its signature checked first
   airgap.microshift.image_load:
     src: [/run/media/admin/AIRGAP]
     images: "{{ image_list_images }}"
+    trusted_keys: [/etc/airgap-microshift/transfer-trusted.pub]
   register: host_images_load
 
 - name: Plan which blobs of the bastion's store this host lacks (nothing is written)
@@ -240,10 +263,13 @@ platform:
   type: str
   sample: linux/amd64
 source:
-  description: What was read (kind V(store) or V(transfer_set), its path; for a set its bundle id, release and whether it is a delta).
+  description:
+    - What was read (kind V(store) or V(transfer_set), its path; for a set its bundle id, release, whether it is a
+      delta, and in C(signed_by) the fingerprint of the trusted key that signed it, null when unsigned or unchecked).
   returned: always
   type: dict
-  sample: {"kind": "transfer_set", "path": "/run/media/admin/AIRGAP", "bundle_id": "sha256:...", "release": "4.20.1", "delta": false}
+  sample: {"kind": "transfer_set", "path": "/run/media/admin/AIRGAP", "bundle_id": "sha256:...", "release": "4.20.1", "delta": false,
+           "signed_by": "sha256:3f1c..."}
 storage:
   description: The storage written (graphroot, runroot, driver, and whether they come from C(storage.conf)).
   returned: always
@@ -280,6 +306,8 @@ def main():
             prune=dict(type="bool", default=False),
             parallel=dict(type="int", default=2),
             executable=dict(type="str", default="skopeo"),
+            trusted_keys=dict(type="list", elements="path", default=[], no_log=False),
+            allow_unsigned=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -292,7 +320,10 @@ def main():
     architecture = oci_architecture(params["architecture"] or platform.machine())
     try:
         storage = Storage(params["graphroot"], params["runroot"], params["driver"])
-        source = open_source(params["src"], params["staging"], params["index"])
+        source = open_source(params["src"], params["staging"], params["index"], trusted_keys=params["trusted_keys"],
+                             allow_unsigned=params["allow_unsigned"])
+        for warning in source.warnings:
+            module.warn(warning)
         loader = Loader(StorageTool(skopeo, storage, runner=module_runner(module)), source, params["images"], architecture,
                         parallel=params["parallel"], prune=params["prune"], record_path=params["record"] or None,
                         check_mode=module.check_mode)

@@ -158,15 +158,44 @@ def test_storage_estimate_follows_the_driver(store, driver, factor):
         assert layers == 11 * 1000
 
 
-def test_unpacked_size_reads_the_gzip_trailer(tmp_path):
-    data = os.urandom(5000)
-    path = tmp_path / "layer"
-    path.write_bytes(gzip.compress(data))
-    assert _load.unpacked_size(str(path), path.stat().st_size, LAYER_MT) == 5000
-    plain = tmp_path / "plain"
-    plain.write_bytes(b"x" * 700)
-    assert _load.unpacked_size(str(plain), 700, "application/vnd.oci.image.layer.v1.tar") == 700
-    assert _load.unpacked_size(str(plain), 700, "application/octet-stream") is None
+def _reader(data):
+    return lambda offset, length: data[offset:offset + length]
+
+
+def test_unpacked_size_reads_the_gzip_trailer():
+    data = gzip.compress(os.urandom(5000))
+    assert _load.unpacked_size(_reader(data), len(data), LAYER_MT) == 5000
+    assert _load.unpacked_size(_reader(b"x" * 700), 700, "application/vnd.oci.image.layer.v1.tar") == 700
+    assert _load.unpacked_size(_reader(b"x" * 700), 700, "application/octet-stream") is None
+    # A source that cannot say (the blob is not there yet) leaves the estimate to the caller.
+    assert _load.unpacked_size(lambda offset, length: None, len(data), LAYER_MT) is None
+
+
+def test_a_store_source_reads_sizes_strictly_and_refuses_a_link(store, tmp_path):
+    path, refs = store
+    source = _load.open_source([path], str(tmp_path / "staging"))
+    index = _store.read_index(path)
+    layer = [m for m in index["images"][refs[0]]["manifests"] if m["platform"] == "linux/amd64"][0]["blobs"][1]
+    assert _load.unpacked_size(lambda o, n: source.read_range(layer["digest"], layer["size"], o, n), layer["size"], LAYER_MT) > 0
+    # A blob replaced by a symbolic link is not followed: no size is read from it.
+    blob = _store.blob_path(path, layer["digest"])
+    os.rename(blob, blob + ".real")
+    os.symlink(blob + ".real", blob)
+    assert source.read_range(layer["digest"], layer["size"], 0, 2) is None
+
+
+def test_the_record_is_read_strictly_and_written_once(tmp_path):
+    path = str(tmp_path / "record.json")
+    empty = _load.read_record(path)
+    assert empty["storages"] == {}
+    empty["storages"]["/var/lib/containers/storage"] = {"quay.io/a/b@sha256:" + "1" * 64: "sha256:" + "1" * 64}
+    assert _load.write_record(path, empty) is True
+    assert _load.write_record(path, empty) is False
+    assert _load.read_record(path) == empty
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write('{"kind": "x", "kind": "y"}')
+    with pytest.raises(_load.LoadError, match="cannot be read .*twice.*move it away"):
+        _load.read_record(path)
 
 
 def test_check_space_names_the_path_and_the_bytes(tmp_path):
