@@ -951,7 +951,7 @@ def check_signatures(found, trusted_keys, allow_unsigned):
         if key is None:
             raise BundleError(
                 "%s/%s does not match its signature %s under any of the %d trusted key(s): it was changed after signing, "
-                "or signed with a key this side does not trust; nothing was unpacked." % (name, MANIFEST, sig_rel, len(trusted_keys)),
+                "or signed with a key this side does not trust; nothing else on the medium was read." % (name, MANIFEST, sig_rel, len(trusted_keys)),
                 corrupt=["%s/%s" % (name, MANIFEST)])
         signer = _signing.fingerprint(key)
         raw[name] = data
@@ -1372,7 +1372,7 @@ def open_set(sources, trusted_keys=None, allow_unsigned=False):
     for name in sorted(found):
         size, sha = expected_files(manifest, name, info["manifest_bytes"])[SUMS]
         if _hash_volume_file(found, name, SUMS, size, sha, bytearray(max(size, 1))):
-            raise BundleError("%s/%s does not list what bundle.json lists; nothing was unpacked." % (name, SUMS), corrupt=["%s/%s" % (name, SUMS)])
+            raise BundleError("%s/%s does not list what bundle.json lists; nothing was written." % (name, SUMS), corrupt=["%s/%s" % (name, SUMS)])
     incoming_index = _read_bundle_file(found, vol, STORE_INDEX, manifest["store_json"]["size"], manifest["store_json"]["sha256"])
     try:
         incoming = _store.parse_index(incoming_index, "%s/%s" % (vol, STORE_INDEX))
