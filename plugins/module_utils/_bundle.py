@@ -1268,30 +1268,37 @@ def verify_message(result):
 # ---------------------------------------------------------------- unpack
 
 
-def _join_blob(store, digest, record, found, lock):
-    """Write one blob into the store from its file or parts; (written bytes, error or None)."""
+def _join_blob(store, digest, record, found, lock, durable=True):
+    """Write one blob into the store from its file or parts; (written bytes, error or None).
+
+    ``durable``: fsync the blob before it is renamed into place (a store that outlives the run).
+    """
     hexdigest = digest[7:]
     target_dir = os.path.join(store, BLOB_DIR)
     pieces = record["parts"] if "parts" in record else [{"volume": record["volume"], "path": record["path"],
                                                          "size": record["size"], "sha256": hexdigest}]
     whole = hashlib.sha256()
     buf = bytearray(min(BUFFER_SIZE, max(record["size"], 1)))
+    # A whole blob is one piece whose hash is the blob's own: hashed once, not twice.
+    single = len(pieces) == 1
     handle, temp = _files.open_temp(target_dir, hexdigest, lock)
     try:
         for piece in pieces:
             shown = "%s/%s" % (piece["volume"], piece["path"])
-            part_hash = hashlib.sha256()
+            part_hash = whole if single else hashlib.sha256()
             try:
                 with _vol_open(found, piece["volume"], piece["path"], piece["size"]) as src:
                     for chunk in _strict.iter_exact(src, piece["size"], shown, buf=buf):
                         whole.update(chunk)
-                        part_hash.update(chunk)
+                        if not single:
+                            part_hash.update(chunk)
                         handle.write(chunk)
             except _strict.OutsideDataError:
                 return 0, shown
             if part_hash.hexdigest() != piece["sha256"]:
                 return 0, shown
-        os.fsync(handle.fileno())
+        if durable:
+            os.fsync(handle.fileno())
         if whole.hexdigest() != hexdigest:
             return 0, "%s (joined from %d parts)" % (digest, len(pieces))
         os.chmod(temp, 0o644)
@@ -1393,26 +1400,28 @@ def open_set(sources, trusted_keys=None, allow_unsigned=False):
     return {"manifest": manifest, "found": found, "info": info, "index": incoming, "index_bytes": incoming_index, "layouts": layouts}
 
 
-def join_blobs(opened, store, digests, parallel=4):
+def join_blobs(opened, store, digests, parallel=4, durable=True):
     """Join the blobs ``digests`` of an opened set (:func:`open_set`) into ``store``'s blob directory.
 
     Each is read strictly from its file or parts, hashed (every part and the whole) and renamed
     into place only when it matches; temporary files a crashed run left are removed first.
-    Returns ``(bytes written, [the files or blobs found corrupt])``.
+    ``durable=False`` skips the fsyncs, for a store that lives only as long as the run that
+    reads it. Returns ``(bytes written, [the files or blobs found corrupt])``.
     """
     manifest, found = opened["manifest"], opened["found"]
     blob_dir = os.path.join(store, BLOB_DIR)
     os.makedirs(blob_dir, exist_ok=True)
     lock = _store.StoreLock(store)
     _files.remove_stale_temps(blob_dir, lock)
-    tasks = [(lambda d=d: _join_blob(store, d, manifest["blobs"][d], found, lock)) for d in digests]
+    tasks = [(lambda d=d: _join_blob(store, d, manifest["blobs"][d], found, lock, durable)) for d in digests]
     corrupt = []
     written = 0
     for nbytes, error in run_parallel(tasks, parallel):
         written += nbytes
         if error:
             corrupt.append(error)
-    _files.fsync_dir(blob_dir)
+    if durable:
+        _files.fsync_dir(blob_dir)
     return written, sorted(corrupt)
 
 
