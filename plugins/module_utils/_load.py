@@ -139,6 +139,9 @@ def plan(index, refs, platform, held, driver="overlay", unpacked=None):
         missing_names = [name for name in image["names"] if held.get(name) not in digests]
         if missing_names:
             image["missing_names"] = missing_names
+            # One copy per image: to the tag for a ref by tag (the storage then also resolves
+            # repo@digest to it, by the digests it records), else to repo@digest.
+            image["load_name"] = image["names"][-1]
             to_load.append(image)
         else:
             present.append(image)
@@ -355,7 +358,7 @@ class SetSource(object):
         return sorted(digest for digest in blobs if digest not in self.manifest["blobs"])
 
     def staging_bytes(self, blobs):
-        return sum(size for digest, size in blobs.items() if _store.blob_size(self.staging, digest) != size)
+        return sum(blobs.values())
 
     def read_range(self, digest, size, offset, length):
         """Bytes of a blob as the set carries it (for size hints: not hashed yet); None when the set does not carry it."""
@@ -379,11 +382,17 @@ class SetSource(object):
         return {}
 
     def prepare(self, blobs, parallel, images):
-        """Join every needed blob into the staging store; on a corrupt one, remove what this run wrote."""
+        """Join every needed blob into a fresh staging store; on a corrupt one, remove what this run wrote.
+
+        The staging store lives only for this load (skopeo reads it, then it is removed), so its
+        blobs are not fsynced, and what an interrupted run left there is never trusted: it is
+        removed first and the blobs are joined again, each hashed on the way.
+        """
         self.check_available(blobs, images)
-        todo = [d for d in sorted(blobs, key=lambda d: -blobs[d]) if _store.blob_size(self.staging, d) != blobs[d]]
+        todo = sorted(blobs, key=lambda d: -blobs[d])
         self.written = True
-        written, corrupt = _bundle.join_blobs(self.opened, self.staging, todo, parallel)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        written, corrupt = _bundle.join_blobs(self.opened, self.staging, todo, parallel, durable=False)
         if corrupt:
             self.cleanup()
             raise LoadError("Bundle %s holds corrupt file(s), nothing was loaded: %s." % (self.manifest["bundle_id"], ", ".join(corrupt)),
@@ -615,8 +624,7 @@ class Loader(object):
 
             def work(ref):
                 image, path = by_ref[ref]
-                for name in image["missing_names"]:
-                    self.tool.load(path, self.source.blob_dir, name, self.architecture)
+                self.tool.load(path, self.source.blob_dir, image["load_name"], self.architecture)
                 return True
             _workers.run_scheduled(scheduler, self.parallel, work)
         except StorageError as exc:

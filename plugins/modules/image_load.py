@@ -16,7 +16,8 @@ description:
     or a transfer set (see C(docs/bundle-format.md)) that is on the host, so that MicroShift finds its
     images locally and never pulls. No registry, registries.conf drop-in, CA or pull secret is involved.
   - Digests are preserved and every image is named by its original reference, C(<repository>@sha256:<digest>),
-    plus C(<repository>:<tag>) for a reference by tag; C(podman image exists) and
+    or C(<repository>:<tag>) for a reference by tag (the storage then resolves C(<repository>@sha256:<digest>)
+    to it as well, by the digests it records); C(podman image exists) and
     C(skopeo inspect containers-storage:<reference>) then answer, and a pull of it needs no network.
   - Only the manifest of the host's architecture (O(architecture)) is loaded, with its config and layers.
     An image the storage already holds by digest is skipped. A layer the storage already holds (in an
@@ -109,7 +110,8 @@ options:
   staging:
     description:
       - With a transfer set as O(src), the directory the blobs to load are joined into (a partial image
-        store). Removed once the images are loaded, and after a failure.
+        store), each hashed on the way. The module owns it: emptied before the blobs are joined, removed once
+        the images are loaded, and after a failure.
     type: path
     default: /var/lib/airgap-microshift/host-images-staging
   record:

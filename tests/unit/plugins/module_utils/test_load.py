@@ -126,6 +126,8 @@ def test_plan_names_a_tag_ref_twice_and_loads_it_when_only_the_tag_is_missing(st
     assert names == ["registry.example.com/app@" + digest, "registry.example.com/app:v1"]
     plan = _load.plan(index, [refs[2]], "linux/amd64", held={names[0]: digest})
     assert plan["to_load"][0]["missing_names"] == [names[1]]
+    # One copy, to the tag: the storage then resolves repo@digest to the same image.
+    assert plan["to_load"][0]["load_name"] == names[1]
     # Every layer is held: nothing but the manifests and the config is read.
     assert plan["to_load"][0]["new_layers"] == {}
 
@@ -240,6 +242,11 @@ def test_real_load_into_a_vfs_storage_and_the_second_run_changes_nothing(store, 
     assert planned["changed"] and planned["loaded"] == refs and not os.path.exists(str(tmp_path / "graph"))
     first = load(refs)
     assert first["loaded"] == refs and first["verified"] == 3
+    # The ref by tag was copied once, to its tag; both of its names resolve to its digest.
+    entry = _store.read_index(path)["images"][refs[2]]
+    amd64 = [m["digest"] for m in entry["manifests"] if m["platform"] == "linux/amd64"][0]
+    by_digest, by_tag = [tool.manifest_digest(name) for name in cs.storage_names(refs[2], entry["digest"])]
+    assert by_digest == entry["digest"] and by_tag in (entry["digest"], amd64)
     index = _store.read_index(path)
     for ref in refs:
         digest = index["images"][ref]["digest"]
