@@ -24,10 +24,10 @@ description:
     image of this or an earlier release) is neither read nor written again, and two images that add the
     same new layer are never loaded at the same time, so every layer is written once per host.
   - A transfer set is checked exactly as M(airgap.microshift.image_bundle) O(state=unpack) checks it, by the same
-    code: its signature against O(trusted_keys) before anything else is read from the medium, then every file's
-    presence and size (a file the set does not list is never opened), C(SHA256SUMS), the set's C(store.json) and
-    layouts against the signed manifest. Only the blobs the host needs are then read, each hashed before it is
-    used, into O(staging).
+    code. Its signature is checked against O(trusted_keys) before anything else is read from the medium, then every
+    file's presence and size (a file the set does not list is never opened), C(SHA256SUMS), and the set's
+    C(store.json) and layouts against the signed manifest. Only the blobs the host needs are then read, each hashed
+    before it is used, into O(staging).
   - Before anything is written, the module checks that the source holds every blob it needs, and that the
     storage, the temporary directory of skopeo and O(staging) have room for what is missing; a filesystem
     without room fails naming its path and the bytes.
@@ -66,7 +66,7 @@ options:
         several) the set may be signed with, as for M(airgap.microshift.image_bundle). Several keys are accepted at
         once, for a key rotation. See C(docs/signing.md).
       - Required with a transfer set unless O(allow_unsigned=true). An image store (O(src) holding C(store.json), or
-        O(index)) carries no signature: it was checked when its set was unpacked.
+        O(index)) carries no signature; it was checked when its set was unpacked.
     type: list
     elements: path
     default: []
@@ -110,7 +110,7 @@ options:
   staging:
     description:
       - With a transfer set as O(src), the directory the blobs to load are joined into (a partial image
-        store), each hashed on the way. The module owns it: emptied before the blobs are joined, removed once
+        store), each hashed on the way. The module owns it; it is emptied before the blobs are joined, removed once
         the images are loaded, and after a failure.
     type: path
     default: /var/lib/airgap-microshift/host-images-staging
