@@ -23,7 +23,7 @@ description:
     An image the storage already holds by digest is skipped. A layer the storage already holds (in an
     image of this or an earlier release) is neither read nor written again, and two images that add the
     same new layer are never loaded at the same time, so every layer is written once per host.
-  - A transfer set is checked exactly as M(airgap.microshift.image_bundle) O(state=unpack) checks it, by the same
+  - A transfer set is checked exactly as M(airgap.microshift.image_bundle) O(airgap.microshift.image_bundle#module:state=unpack) checks it, by the same
     code. Its signature is checked against O(trusted_keys) before anything else is read from the medium, then every
     file's presence and size (a file the set does not list is never opened), C(SHA256SUMS), and the set's
     C(store.json) and layouts against the signed manifest. Only the blobs the host needs are then read, each hashed
