@@ -8,6 +8,7 @@
 #   tools/demo.sh -i INVENTORY [...]   playbooks/site.yml on your own inventory.
 #
 # Environment: DEMO_SIZE (tiny|default|bench, default: default), DEMO_HOSTS (default 2),
+# DEMO_HOST_KIND (auto|booted|ns, default auto: booted hosts when the machine can raise them),
 # DEMO_KEEP=1 keeps the sandbox up afterwards (tear it down with
 # `python -m tests.sandbox down --state-dir .cache/demo/sandbox`).
 set -euo pipefail
@@ -40,8 +41,11 @@ teardown() {
 }
 trap teardown EXIT
 
-echo "==> Raising the sandbox (size ${DEMO_SIZE:-default}, ${DEMO_HOSTS:-2} MicroShift hosts)"
-python -m tests.sandbox up --state-dir "$STATE" --size "${DEMO_SIZE:-default}" --hosts "${DEMO_HOSTS:-2}"
+# The MicroShift hosts are booted hosts (Debian 13 systemd machines reached over SSH) when this
+# machine can raise them (DEMO_HOST_KIND=auto, the default), namespace hosts otherwise.
+echo "==> Raising the sandbox (size ${DEMO_SIZE:-default}, ${DEMO_HOSTS:-2} MicroShift hosts, host kind ${DEMO_HOST_KIND:-auto})"
+python -m tests.sandbox up --state-dir "$STATE" --size "${DEMO_SIZE:-default}" --hosts "${DEMO_HOSTS:-2}" \
+    --host-kind "${DEMO_HOST_KIND:-auto}"
 
 # The transfer signing key pair (docs/signing.md): made once by the signing_key module; the
 # connected host signs with the private half, the bastion trusts the public half. A demo key
@@ -50,9 +54,10 @@ mkdir -p "$DEMO/keys" && chmod 0700 "$DEMO/keys"
 ansible localhost -c local -i localhost, -e 'ansible_python_interpreter={{ ansible_playbook_python }}' \
     -m airgap.microshift.signing_key -a "path=$DEMO/keys/transfer-signing.key" >/dev/null
 
-# Variables for the playbooks, from the sandbox's state. They carry the mirror's password, so
-# they go in a 0600 file passed with -e @file, never on a command line.
-VARS="$DEMO/vars.yml"
+# Variables for the playbooks, from the sandbox's state, in the group_vars of the sandbox inventory
+# as a site's inventory would hold them. They carry the mirror's password, so the files are 0600
+# (never on a command line).
+VARS="$STATE/ansible/group_vars"
 python - "$STATE/sandbox.json" "$VARS" "$RESULTS" "$DEMO/keys" <<'EOF'
 import json
 import os
@@ -61,6 +66,11 @@ import sys
 state = json.load(open(sys.argv[1]))
 results = sys.argv[3]
 keys = sys.argv[4]
+if state["host_kind"] == "booted":
+    print("    MicroShift hosts: booted (%s)" % ", ".join("%s %s" % (h, state["host_kinds"][h]) for h in state["booted_hosts"]))
+else:
+    print("    MicroShift hosts: namespace hosts%s" % (" (booted hosts are not possible here: %s)" % state["host_kind_reason"]
+                                                     if state.get("host_kind_reason") else ""))
 mirror = state["mirror"]
 release_dir = state["release"]["dir"]
 components = ["core", "olm", "multus", "gateway-api", "cert-manager", "sriov", "metrics-server",
@@ -87,14 +97,20 @@ variables = {
     "host_config_mirror_username": mirror["user"],
     "host_config_mirror_password": mirror["password"],
 }
-fd = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-with os.fdopen(fd, "w") as handle:
-    json.dump(variables, handle, indent=2)
+os.makedirs(sys.argv[2], mode=0o700, exist_ok=True)
+files = {"all.yml": variables}
+if state["host_kind"] == "booted":
+    # A booted host lists its own installed release files, as a real host does.
+    files["microshift.yml"] = {"image_list_path": [], "image_list_dest": ""}
+for name, content in files.items():
+    fd = os.open(os.path.join(sys.argv[2], name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(content, handle, indent=2)
 EOF
 
 export ANSIBLE_CONFIG="$STATE/ansible/ansible.cfg"
 echo "==> Running playbooks/site.yml on the sandbox"
-ansible-playbook -i "$STATE/ansible/inventory.yml" playbooks/site.yml -e "@$VARS"
+ansible-playbook -i "$STATE/ansible/inventory.yml" playbooks/site.yml
 
 echo "==> Pulling original quay.io refs through the mirror, inside each MicroShift host"
 python - "$STATE/sandbox.json" "$RESULTS/microshift-container-refs.txt" <<'EOF'

@@ -7,7 +7,10 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-APT_PACKAGES=(skopeo docker-registry apache2-utils podman rpm jq openssl iproute2 util-linux zstd xz-utils cpio rsync ca-certificates git)
+APT_PACKAGES=(skopeo docker-registry apache2-utils podman rpm jq openssl iproute2 util-linux zstd xz-utils cpio rsync ca-certificates git
+    # The test bed's booted hosts: their root file system (mmdebstrap), nspawn machines, QEMU guests,
+    # SSH into the air-gapped namespace (socat as the proxy command).
+    mmdebstrap systemd-container qemu-system-x86 qemu-utils e2fsprogs openssh-client socat)
 
 log() { printf '==> %s\n' "$*"; }
 

@@ -12,9 +12,11 @@ import subprocess
 import sys
 import time
 
+from . import booted as booted_hosts
 from . import ns
 from . import release as releases
-from .sandbox import Sandbox, SandboxError, load_state, node_argv, sandbox_id, sweep_all
+from . import rootfs
+from .sandbox import Sandbox, SandboxError, load_state, node_command, sandbox_id, sweep_all
 
 DEFAULT_STATE_DIR = os.environ.get("AMSB_STATE_DIR", "/tmp/amsb-state")
 
@@ -32,8 +34,11 @@ def cmd_up(args):
     if args.wan or args.wan_bandwidth or args.wan_latency or args.wan_faults or args.wan_mode:
         wan = {"bandwidth": args.wan_bandwidth, "latency": args.wan_latency, "faults": args.wan_faults, "mode": args.wan_mode,
                "seed": args.seed}
+    ostree = [h for h in (args.ostree_hosts or "").split(",") if h]
     sb = Sandbox(_state_dir(args), size=args.size, hosts=args.hosts, version=args.version, seed=args.seed, ref_mode=args.ref_mode,
-                 cache_dir=args.cache_dir, wan=wan, python=args.python, log=_log)
+                 cache_dir=args.cache_dir, wan=wan, python=args.python, log=_log, host_kind=args.host_kind,
+                 qemu_hosts=args.qemu_hosts, ostree_hosts=ostree, rootfs_cache=args.rootfs_cache,
+                 booted_mirror=not args.booted_without_mirror)
     t0 = time.monotonic()
     state = sb.up()
     sb.detach()
@@ -60,7 +65,13 @@ def _print_summary(state):
         print("  internet     %-28s %s:443 user %s" % (name, reg["address"], reg["user"]))
     m = state["mirror"]
     print("  mirror       %-28s %s:%d user %s (CA %s)" % (m["hostport"], m["address"], m["port"], m["user"], m["ca"]))
-    print("  nodes        %s" % ", ".join("%s(%s)" % (n, i["site"]) for n, i in state["nodes"].items()))
+    print("  nodes        %s" % ", ".join("%s(%s%s)" % (n, i["site"], ", " + i["kind"] if i.get("kind") else "")
+                                          for n, i in state["nodes"].items()))
+    if state.get("booted"):
+        b = state["booted"]
+        hosts = ", ".join("%s %s" % (h, state["nodes"][h]["address"]) for h in state["booted_hosts"])
+        print("  booted hosts %s (root file system %s, %s)" % (hosts, b["rootfs"]["hash"], b["rootfs"]["dir"]))
+        print("  ssh          %s" % " ".join(booted_hosts.ssh_argv(state, state["booted_hosts"][0])))
     if state.get("wan"):
         print("  WAN proxy    %s %s" % (state["wan"]["mode"], json.dumps(state["wan"]["settings"])))
 
@@ -106,7 +117,10 @@ def cmd_exec(args):
         argv = ["/bin/sh"]
     env = dict(os.environ)
     env[ns.ENV_MARK] = state["id"]
-    return subprocess.call(node_argv(state, args.node) + argv, env=env)
+    cmd = node_command(state, args.node, argv)
+    if cmd[0] == "ssh" and argv == ["/bin/sh"] and sys.stdin.isatty():
+        cmd = cmd[:-2] + ["-t"]
+    return subprocess.call(cmd, env=env)
 
 
 def cmd_update(args):
@@ -160,6 +174,19 @@ def cmd_generate(args):
     return 0
 
 
+def cmd_rootfs(args):
+    t0 = time.monotonic()
+    entry = rootfs.ensure_rootfs(args.rootfs_cache, _log)
+    out = {k: entry[k] for k in ("hash", "dir", "tree", "kernel", "initrd", "bytes", "kernel_version")}
+    out["build_seconds"] = entry["seconds"]
+    out["built_now"] = entry["built_now"]
+    if args.disk:
+        out["disk_image"] = rootfs.ensure_disk_image(entry, _log)
+    out["seconds"] = round(time.monotonic() - t0, 2)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m tests.sandbox", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -180,6 +207,13 @@ def build_parser():
     add_state(p)
     add_release(p)
     p.add_argument("--hosts", type=int, default=2, help="number of MicroShift hosts")
+    p.add_argument("--host-kind", choices=booted_hosts.KINDS, default="ns",
+                   help="ns: namespace hosts; booted: real systemd machines over SSH; mixed: the first half booted (default %(default)s)")
+    p.add_argument("--qemu-hosts", type=int, default=0, help="how many of the booted hosts are QEMU guests (the last ones)")
+    p.add_argument("--ostree-hosts", default="", help="booted hosts that carry the rpm-ostree marker /run/ostree-booted (comma-separated)")
+    p.add_argument("--rootfs-cache", default=rootfs.DEFAULT_CACHE_DIR, help="cache of the booted hosts' root file system")
+    p.add_argument("--booted-without-mirror", action="store_true",
+                   help="booted hosts cannot reach the mirror registry (a site with no registry; SSH still works)")
     p.add_argument("--python", default=None, help="ansible_python_interpreter for the nodes (default: this Python)")
     p.add_argument("--wan", action="store_true", help="put the WAN proxy between the connected host and the internet")
     p.add_argument("--wan-bandwidth", help="e.g. 200mbit, 25MB (bytes/s without unit)")
@@ -224,6 +258,11 @@ def build_parser():
     p.add_argument("--all", action="store_true", help="every amsb- namespace, mount and process on this machine")
     p.set_defaults(func=cmd_cleanup)
 
+    p = sub.add_parser("rootfs", help="build (or find in the cache) the booted hosts' root file system and print where it is")
+    p.add_argument("--rootfs-cache", default=rootfs.DEFAULT_CACHE_DIR)
+    p.add_argument("--disk", action="store_true", help="also make the QEMU disk image")
+    p.set_defaults(func=cmd_rootfs)
+
     p = sub.add_parser("generate", help="generate (or find in the cache) a synthetic release and print its summary")
     add_release(p)
     p.set_defaults(func=cmd_generate)
@@ -234,6 +273,6 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SandboxError, releases.ReleaseError, ns.NsError, ValueError, OSError) as exc:
+    except (SandboxError, releases.ReleaseError, ns.NsError, booted_hosts.BootedError, rootfs.RootfsError, ValueError, OSError) as exc:
         _log("error: %s" % exc)
         return 2

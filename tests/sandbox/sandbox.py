@@ -23,10 +23,12 @@ import sys
 import threading
 import time
 
+from . import booted as booted_hosts
 from . import ns
 from . import pki
 from . import proxy as wanproxy
 from . import release as releases
+from . import rootfs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONNECTION_PLUGINS = os.path.join(HERE, "connection_plugins")
@@ -131,16 +133,29 @@ class Sandbox:
     ``wan``: None (no proxy) or a dict with ``bandwidth`` (e.g. ``"200mbit"``), ``latency``
     (``"20ms"``), ``faults`` (``"reset=0.05,http429=0.05"``) and ``mode`` (``passthrough`` or
     ``terminate``; ``terminate`` is chosen when HTTP faults are asked for).
+
+    ``host_kind``: ``ns`` (namespace hosts, the default), ``booted`` (every host a real systemd
+    machine reached over SSH) or ``mixed`` (the first half booted); ``qemu_hosts``: how many of the
+    booted hosts are QEMU guests rather than nspawn machines; ``ostree_hosts``: booted hosts that
+    carry the rpm-ostree marker ``/run/ostree-booted``; ``booted_mirror=False`` keeps the mirror off
+    the booted hosts' network (they still answer SSH: a site with no registry in reach). See
+    tests/README.md, "Host kinds".
     """
 
     def __init__(self, state_dir, size="tiny", hosts=2, version=releases.DEFAULT_VERSION, seed=releases.DEFAULT_SEED,
-                 ref_mode="index", cache_dir=releases.DEFAULT_CACHE_DIR, wan=None, python=None, log=None):
+                 ref_mode="index", cache_dir=releases.DEFAULT_CACHE_DIR, wan=None, python=None, log=None,
+                 host_kind="ns", qemu_hosts=0, ostree_hosts=(), rootfs_cache=rootfs.DEFAULT_CACHE_DIR, booted_mirror=True):
         self.state_dir = os.path.realpath(state_dir)
         for top in NODE_OVERLAYS:
             if self.state_dir == top or self.state_dir.startswith(top + "/"):
                 raise SandboxError("the state dir %s must not be under %s (the nodes overlay it)" % (self.state_dir, top))
         self.size = size
         self.hosts = ["microshift-%d" % (i + 1) for i in range(int(hosts))]
+        self.host_kind, self.host_kind_reason = booted_hosts.resolve_kind(host_kind, qemu_hosts, rootfs_cache)
+        self.kinds = booted_hosts.plan(self.hosts, self.host_kind, qemu_hosts if self.host_kind != "ns" else 0)
+        self.ostree_hosts = list(ostree_hosts or ())
+        self.rootfs_cache = rootfs_cache
+        self.booted_mirror = bool(booted_mirror)
         self.version = version
         self.seed = seed
         self.ref_mode = ref_mode
@@ -171,6 +186,8 @@ class Sandbox:
         t0 = time.monotonic()
         timings = {}
         self._cleanup_previous()
+        if self.host_kind_reason:
+            self._log("booted hosts are not possible here (%s): raising namespace hosts instead" % self.host_kind_reason)
         os.makedirs(self.state_dir, exist_ok=True)
         self._install_handlers()
         try:
@@ -191,18 +208,31 @@ class Sandbox:
                 self._start_wan(state, self.wan)
             self._make_nodes(state)
             timings["namespaces"] = time.monotonic() - t0
+            booted = None
+            if state["booted_hosts"]:
+                booted = booted_hosts.BootedHosts(self, state, self.kinds, self.ostree_hosts, self.rootfs_cache, self._log)
+                booted.create()
+                _write_json(self._path(STATE_FILE), state)
+                booted.start()
+                _write_json(self._path(STATE_FILE), state)
+                timings["booted_started"] = time.monotonic() - t0
             self._wait_listening(state)
             timings["listening"] = time.monotonic() - t0
             self._write_inventory(state)
             self._verify(state)
             timings["verified"] = time.monotonic() - t0
+            if booted is not None:
+                ready = booted.wait_ready()
+                timings["booted_ready"] = time.monotonic() - t0
+                self._log("booted hosts answer SSH (seconds from start): %s"
+                          % ", ".join("%s %.1f" % kv for kv in sorted(ready.items())))
             if state.get("wan") and self._wan_faults:
                 reply = wanproxy.control(state["wan"]["control_socket"], {"cmd": "set", "settings": self._wan_faults})
                 state["wan"]["settings"] = reply["settings"]
             state["status"] = "up"
             state["timings"] = {k: round(v, 3) for k, v in timings.items()}
             _write_json(self._path(STATE_FILE), state)
-            self._log("sandbox %s up in %.1fs" % (self.sid, timings["verified"]))
+            self._log("sandbox %s up in %.1fs" % (self.sid, max(timings.values())))
             return state
         except BaseException:
             self.down()
@@ -210,14 +240,17 @@ class Sandbox:
 
     def down(self, keep_logs=False):
         """Stop and remove everything this sandbox created. Idempotent."""
-        removed = ns.sweep(self.sid, self._log)
         state = self.state
         if state is None and os.path.exists(self._path(STATE_FILE)):
             try:
                 state = load_state(self.state_dir)
             except (OSError, ValueError):
                 state = None
-        for name in ("nodes", "internet", "gap", "wan", "pki", "creds", "transfer", "ansible", "wan.json"):
+        if state is not None:
+            # Booted hosts first: their supervisor powers them off (a killed nspawn leaves its container running).
+            booted_hosts.stop_supervisor(state)
+        removed = ns.sweep(self.sid, self._log)
+        for name in ("nodes", "hosts", "internet", "gap", "wan", "pki", "creds", "transfer", "ansible", "wan.json"):
             path = self._path(name)
             if os.path.isdir(path):
                 shutil.rmtree(path, ignore_errors=True)
@@ -237,7 +270,7 @@ class Sandbox:
     def exec_argv(self, node, argv):
         """The argv that runs ``argv`` on ``node`` (connected, airgap-bastion, microshift-N, internet, gap)."""
         st = self.state or load_state(self.state_dir)
-        return node_argv(st, node) + list(argv)
+        return node_command(st, node, argv)
 
     def run(self, node, argv, check=True, **kwargs):
         """Run a command on a node; return the CompletedProcess (text)."""
@@ -386,6 +419,12 @@ class Sandbox:
             "namespaces": {k: {"name": v, "path": ns.netns_path(v)} for k, v in self.netns.items()},
             "namespace_dir": self.nsdir,
             "hosts": list(self.hosts),
+            "host_kind": self.host_kind,
+            "host_kind_reason": self.host_kind_reason,
+            "host_kinds": dict(self.kinds),
+            "booted_hosts": [h for h in self.hosts if self.kinds[h] != "ns"],
+            "booted": None,
+            "booted_mirror": self.booted_mirror and any(k != "ns" for k in self.kinds.values()),
             "nodes": {},
             "registries": {},
             "mirror": {},
@@ -463,7 +502,10 @@ class Sandbox:
             self._spawn(state, "registry-" + name, self.netns["internet"], ["docker-registry", "serve", path])
         m = state["mirror"]
         os.makedirs(m["storage"], exist_ok=True)
-        cfg = _registry_config(MIRROR_ADDR, MIRROR_PORT, MIRROR_HOST, m["storage"], m["cert"], m["key"], m["htpasswd"], False)
+        # With booted hosts the mirror also listens on the air-gapped bridge (every address of the
+        # gap namespace: its loopback and the bridge, nothing else exists there).
+        listen = "0.0.0.0" if state["booted_mirror"] else MIRROR_ADDR
+        cfg = _registry_config(listen, MIRROR_PORT, MIRROR_HOST, m["storage"], m["cert"], m["key"], m["htpasswd"], False)
         path = self._path("gap", "mirror.yml")
         _write_json(path, cfg, 0o600)
         m["config"] = path
@@ -512,7 +554,7 @@ class Sandbox:
         with open(DEBIAN_BUNDLE, encoding="utf-8") as f:
             system_bundle = f.read()
         plan = [(CONNECTED, "internet", state["public_ca"]), (BASTION, "gap", state["site_ca"])]
-        plan += [(h, "gap", None) for h in self.hosts]
+        plan += [(h, "gap", None) for h in self.hosts if self.kinds[h] == "ns"]
         for node, site, extra_ca in plan:
             root = self._path("nodes", node)
             script_lines = ["hostname %s" % node]
@@ -612,8 +654,11 @@ class Sandbox:
         m = state["mirror"]
         node_vars = {}
         for node, info in state["nodes"].items():
+            if info.get("kind") in ("nspawn", "qemu"):
+                node_vars[node] = booted_hosts.inventory_vars(state, node)
+                continue
             node_vars[node] = {"sandbox_ns_net": info["net"], "sandbox_ns_mount": info["mount"], "sandbox_ns_uts": info["uts"],
-                               "sandbox_site": info["site"]}
+                               "sandbox_site": info["site"], "sandbox_host_kind": "ns"}
         inv = {"all": {
             "vars": {
                 "ansible_connection": "sandbox_ns",
@@ -635,6 +680,10 @@ class Sandbox:
                 "connected": {"hosts": {CONNECTED: node_vars[CONNECTED]}},
                 "airgapped": {"hosts": {BASTION: node_vars[BASTION]}},
                 "microshift": {"hosts": {h: node_vars[h] for h in self.hosts}},
+                # Host kinds, for plays that target one kind (their hosts are also in microshift).
+                "sandbox_ns_hosts": {"hosts": {h: {} for h in self.hosts if self.kinds[h] == "ns"}},
+                "sandbox_booted_hosts": {"hosts": {h: {} for h in self.hosts if self.kinds[h] != "ns"}},
+                "sandbox_qemu_hosts": {"hosts": {h: {} for h in self.hosts if self.kinds[h] == "qemu"}},
             },
         }}
         if state.get("update"):
@@ -649,15 +698,35 @@ class Sandbox:
             text = json.dumps(inv, indent=2)
         _write(path, "# Generated by tests/sandbox for sandbox %s\n%s" % (self.sid, text), 0o600)
         cfg = os.path.join(adir, "ansible.cfg")
-        _write(cfg, "[defaults]\ninventory = %s\nconnection_plugins = %s\nhost_key_checking = False\n" % (path, CONNECTION_PLUGINS))
+        text = "[defaults]\ninventory = %s\nconnection_plugins = %s\nhost_key_checking = False\n" % (path, CONNECTION_PLUGINS)
+        if state["booted_hosts"]:
+            # Booted hosts: real SSH as users run it (a master connection kept open, pipelining), with
+            # the control sockets in this sandbox (the hosts' addresses repeat from one sandbox to another).
+            text += ("\n[ssh_connection]\npipelining = True\nssh_args = -C -o ControlMaster=auto -o ControlPersist=60s\n"
+                     "control_path_dir = %s\n" % os.path.join(adir, "cp"))
+        _write(cfg, text)
         state["inventory"] = path
         state["ansible"]["config"] = cfg
         state["ansible"]["env"]["ANSIBLE_CONFIG"] = cfg
 
 
+def node_command(state, node, argv):
+    """The argv that runs ``argv`` on a node: ``nsenter`` for namespace nodes, ``ssh`` for booted hosts."""
+    info = state["nodes"].get(ALIASES.get(node, node)) or {}
+    if info.get("kind") in ("nspawn", "qemu"):
+        return booted_hosts.ssh_argv(state, ALIASES.get(node, node), list(argv) or ["/bin/sh"])
+    return node_argv(state, node) + list(argv)
+
+
 def node_argv(state, node):
-    """``nsenter`` prefix for a node of a state dict; ``internet``/``gap`` give the bare netns."""
+    """``nsenter`` prefix for a node of a state dict; ``internet``/``gap`` give the bare netns.
+
+    For a booted host, the ``ssh`` prefix (its remote command must then be one quoted string:
+    prefer ``node_command``).
+    """
     node = ALIASES.get(node, node)
+    if (state["nodes"].get(node) or {}).get("kind") in ("nspawn", "qemu"):
+        return booted_hosts.ssh_argv(state, node)
     if node in state["namespaces"]:
         return ns.enter_argv(net=state["namespaces"][node]["path"])
     info = state["nodes"].get(node)
