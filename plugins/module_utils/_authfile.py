@@ -2,11 +2,12 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""Container auth files (containers-auth.json(5)): read, validate, merge, remove, mask.
+"""Container auth files (containers-auth.json(5)): read, validate, look up, merge, remove, mask.
 
 ``{"auths": {"<registry[:port][/namespace]>": {"auth": base64("user:password"), "email": ...}}}``.
 Every other entry, every other key of an entry and every other top-level key is kept as is.
-Plain functions with no Ansible dependency.
+Plain functions with no Ansible dependency; the one reader of auth files (``registry_auth``
+edits them, the direct manifest reads of an upload take their credentials from them).
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ import base64
 import binascii
 import copy
 import json
+import os
 import re
+import stat
 
 MASK = "********"
+# An auth file holds a few credentials: a larger one is not an auth file.
+MAX_AUTHFILE_SIZE = 4 * 1024 * 1024
 _REGISTRY_RE = re.compile(r"^[^\s/]+(?:/[^\s]+)?$")
 
 
@@ -72,6 +77,57 @@ def parse_authfile(text, path):
                 raise AuthFileError("%s: the auth of %s is not base64 'user:password' (%s); the file was left untouched"
                                     % (path, registry, exc))
     return data
+
+
+def read_authfile(path):
+    """The parsed and validated auth file at ``path`` (a regular file of UTF-8 JSON).
+
+    Raises :class:`AuthFileError` naming the file: not a regular file, unreadable, too large,
+    not UTF-8 or not an auth file.
+    """
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise AuthFileError("%s exists and is not a regular file" % path)
+        if info.st_size > MAX_AUTHFILE_SIZE:
+            raise AuthFileError("%s has %d bytes, more than an auth file may have; it was left untouched" % (path, info.st_size))
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_AUTHFILE_SIZE + 1)
+    except OSError as exc:
+        raise AuthFileError("cannot read %s: %s" % (path, exc.strerror or exc))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeError:
+        raise AuthFileError("%s is not UTF-8 text; it was left untouched" % path)
+    return parse_authfile(text, path)
+
+
+def uses_helper(data):
+    """Whether the auth file delegates credentials to a helper program (``credHelpers``, ``credsStore``)."""
+    return bool(data.get("credHelpers") or data.get("credsStore"))
+
+
+def _normalized_key(key):
+    key = key.strip()
+    for prefix in ("https://", "http://"):
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    return key.rstrip("/")
+
+
+def lookup(data, registry, repository):
+    """``(key, entry)`` of the most specific ``auths`` entry for ``registry/repository``, or None.
+
+    The order containers/image uses: ``registry/a/b/c``, ``registry/a/b``, ``registry/a``, then
+    ``registry``; keys written with a scheme or a trailing slash count as without.
+    """
+    entries = dict((_normalized_key(key), value) for key, value in (data or {}).get("auths", {}).items())
+    parts = repository.split("/")
+    candidates = ["%s/%s" % (registry, "/".join(parts[:n])) for n in range(len(parts), 0, -1)] + [registry]
+    for candidate in candidates:
+        if candidate in entries:
+            return candidate, entries[candidate]
+    return None
 
 
 def entry_credentials(entry):

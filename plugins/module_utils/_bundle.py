@@ -90,7 +90,7 @@ class BundleError(Exception):
     """A failure explained in one sentence; ``details`` carries lists for the caller to return."""
 
     def __init__(self, message, **details):
-        super(BundleError, self).__init__(message)
+        super().__init__(message)
         self.details = details
 
 
@@ -370,7 +370,8 @@ def plan_pack(store, index, volume_size=None, part_size=FAT32_MAX_FILE, held=Non
     reserve = 0
     for _attempt in range(8):
         if unlimited:
-            capacity = max(sum(carried.values()), 1) + 1
+            # one volume: room for every blob (whole or in parts) next to the metadata of vol-001
+            capacity = sum(carried.values()) + extra_bytes + 1
         else:
             capacity = volume_size - reserve
             if capacity - extra_bytes <= 0:
@@ -1515,7 +1516,7 @@ def unpack(sources, store, parallel=4, check_mode=False, trusted_keys=None, allo
     }
     if check_mode:
         return result
-    os.makedirs(os.path.join(store, BLOB_DIR), exist_ok=True)
+    _store.create(store, index=False)
     lock = _store.StoreLock(store)
     _files.remove_stale_temps(os.path.join(store, BLOB_DIR), lock)
     free = free_bytes(store)

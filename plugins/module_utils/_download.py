@@ -25,10 +25,11 @@ import hashlib
 import json
 import os
 import queue
+import time
 
 from ansible_collections.airgap.microshift.plugins.module_utils import _store as store_mod
 from ansible_collections.airgap.microshift.plugins.module_utils import _workers
-from ansible_collections.airgap.microshift.plugins.module_utils._reference import parse_reference
+from ansible_collections.airgap.microshift.plugins.module_utils._reference import InvalidReference, parse_reference
 from ansible_collections.airgap.microshift.plugins.module_utils._skopeo import SkopeoError
 
 DOCKER_TYPES = (store_mod.MEDIA_DOCKER_LIST, store_mod.MEDIA_DOCKER_MANIFEST)
@@ -36,6 +37,21 @@ DOCKER_TYPES = (store_mod.MEDIA_DOCKER_LIST, store_mod.MEDIA_DOCKER_MANIFEST)
 
 class PlanError(Exception):
     """An image whose manifests cannot be used; the message names the image."""
+
+
+def request_problem(refs, store):
+    """The first problem with the images and the store asked for, as one sentence naming the option, or None."""
+    for ref in refs:
+        try:
+            parse_reference(ref)
+            store_mod.layout_name(ref)
+        except (InvalidReference, store_mod.StoreError) as exc:
+            return "Option images: %s." % str(exc).rstrip(".")
+    if ":" in os.path.abspath(store):
+        return ("Option store names %s, which contains ':', which skopeo reads as the end of its oci: transport name; "
+                "choose a path without ':'." % store)
+    problem = store_mod.creation_problem(store)
+    return "Option store names %s, which %s." % (store, problem) if problem else None
 
 
 def sha256_bytes(data):
@@ -147,63 +163,33 @@ def store_entry(plan, platforms=None):
 # Scheduling -------------------------------------------------------------------------------
 
 
-class BlobScheduler(object):
-    """Greedy scheduler: start an image only when none of the blobs it misses is in flight.
+class BlobScheduler(_workers.Scheduler):
+    """The download's policy: the image with the most bytes still to fetch starts first.
 
     ``missing`` maps each image to the set of blobs it must fetch; ``sizes`` (optional) maps
-    blobs to sizes so the largest remaining download starts first. Images can be added while
-    others run (:meth:`add`), as their plans arrive. Pure: no threads inside.
+    blobs to sizes. Images can be added while others run (:meth:`add`), as their plans arrive.
     """
 
     def __init__(self, missing=None, sizes=None):
-        self.missing = {}
-        self.position = {}
         self.sizes = dict(sizes or {})
-        self.pending = []
-        self.running = {}
-        self.completed = set()
+        super().__init__()
         for name, blobs in (missing or {}).items():
             self.add(name, blobs)
 
     def add(self, name, blobs, sizes=None):
         """Queue ``name``, which needs ``blobs`` (a set of digests, ``sizes`` their sizes)."""
-        self.missing[name] = set(blobs)
-        self.position[name] = len(self.position)
         self.sizes.update(sizes or {})
-        self.pending.append(name)
+        super().add(name, dict((blob, self.sizes.get(blob, 0)) for blob in blobs))
+
+    @property
+    def completed(self):
+        return self.done
 
     def remaining(self, name):
-        return self.missing[name] - self.completed
+        return set(self.missing(name))
 
-    def in_flight(self):
-        busy = set()
-        for blobs in self.running.values():
-            busy |= blobs
-        return busy
-
-    def _weight(self, name):
-        return sum(self.sizes.get(blob, 0) for blob in self.remaining(name))
-
-    def next_ready(self):
-        """The image to start now, or None when every pending image conflicts with a running one."""
-        busy = self.in_flight()
-        ready = [name for name in self.pending if not (self.remaining(name) & busy)]
-        if not ready:
-            return None
-        return max(ready, key=lambda name: (self._weight(name), -self.position[name]))
-
-    def start(self, name):
-        self.pending.remove(name)
-        self.running[name] = self.remaining(name)
-
-    def finish(self, name, success=True):
-        blobs = self.running.pop(name)
-        if success:
-            self.completed |= blobs
-
-    def cancel_pending(self):
-        cancelled, self.pending = self.pending, []
-        return cancelled
+    def choose(self, ready, missing):
+        return max(ready, key=lambda name: (sum(missing[name].values()), -self.position[name]))
 
 
 def simulate_schedule(missing, parallel, sizes=None):
@@ -248,7 +234,7 @@ def may_start_early(free, margin, to_fetch_so_far, planned, total):
 MIN_PLAN_PARALLEL = 8
 
 
-class DownloadOptions(object):
+class DownloadOptions:
     def __init__(self, store, registry_options, parallel=4, keep_going=False, verify=False, free_space_margin=0):
         self.store = store
         self.registry = registry_options
@@ -400,7 +386,7 @@ def download_image(plan, skopeo, options):
     return result
 
 
-class DownloadRun(object):
+class DownloadRun:
     """Plan and download a list of refs, the copies starting as soon as their image is planned.
 
     Manifests are read by a pool of ``options.plan_parallel`` workers; each image, once
@@ -413,11 +399,14 @@ class DownloadRun(object):
     With ``check_mode`` only the plan is made. ``on_start(count)`` is called once the store has
     been read, with the number of images to plan (those not complete in it); ``on_image(result)``
     (from the calling thread) for every one of them as it ends fetched, failed or not started.
+    The store (and its missing parents) is made by ``prepare_store`` (:func:`_store.create` by
+    default) only once the first copy is about to start: a refused plan leaves no store behind.
 
     After :meth:`run`: ``results`` (ref -> result), ``plans``, ``skipped``, ``index`` (the store
     index read at the start), ``to_fetch`` (every blob missing when its image was planned, with
     its size), ``plan_retries``, ``stopped`` (why no further copy started, or None) and
-    ``space_error`` (the free-space message, or None).
+    ``space_error`` (the free-space message, or None). :meth:`outcome` runs it and gives the
+    module's result.
     """
 
     def __init__(self, refs, skopeo, options, check_mode=False, on_start=None, on_image=None, free_bytes=None, prepare_store=None):
@@ -428,7 +417,7 @@ class DownloadRun(object):
         self.on_start = on_start or (lambda count: None)
         self.on_image = on_image or (lambda result: None)
         self.free_bytes = free_bytes or store_mod.free_bytes
-        self.prepare_store = prepare_store or (lambda: None)
+        self.prepare_store = prepare_store or (lambda: store_mod.create(options.store))
         self.results = {}
         self.plans = {}
         self.skipped = []
@@ -441,6 +430,7 @@ class DownloadRun(object):
         self._events = queue.Queue()
         self._leftovers = set()
         self._store_ready = False
+        self.started = time.monotonic()
 
     # workers (other threads): they only post events ---------------------------------------
 
@@ -500,6 +490,7 @@ class DownloadRun(object):
             pool.submit(self._copy_job, ref)
 
     def run(self):
+        self.started = time.monotonic()
         store = self.options.store
         self.index = store_mod.read_index(store) if os.path.isdir(store) else store_mod.empty_index()
         to_plan = []
@@ -599,3 +590,52 @@ class DownloadRun(object):
             "blobs_to_fetch": len(self.to_fetch),
             "dedup_ratio": round(float(logical) / unique_bytes, 3) if unique_bytes else 1.0,
         }
+
+    def image_result(self, ref):
+        """The ``images`` entry of ``ref``: its result, or what the store or the plan says of it."""
+        if ref in self.results:
+            return self.results[ref]
+        if ref in self.skipped:
+            item = self.index["images"][ref]
+            return _result(ref, "skipped", item["digest"], item.get("size", 0), item["layout"])
+        item = self.plans[ref]
+        return _result(ref, "planned", item["digest"], item["size"], item["layout"])
+
+    def summary(self, images, plan):
+        duration = max(time.monotonic() - self.started, 0.0)
+        fetched = sum(image["fetched_bytes"] for image in images)
+        return {
+            "images_fetched": sum(1 for image in images if image["status"] == "fetched"),
+            "images_skipped": sum(1 for image in images if image["status"] == "skipped"),
+            "images_failed": sum(1 for image in images if image["status"] == "failed"),
+            "bytes_fetched": fetched,
+            "logical_bytes": plan["logical_bytes"],
+            "unique_bytes": plan["unique_bytes"],
+            "dedup_ratio": plan["dedup_ratio"],
+            "duration": round(duration, 3),
+            "throughput": int(fetched / duration) if duration > 0 else 0,
+            "retries": self.plan_retries + sum(image["retries"] for image in images),
+        }
+
+    def outcome(self):
+        """Run, then ``(failure, result)``: the sentence that fails the task (or None) and the module's result."""
+        store = self.options.store
+        try:
+            self.run()
+        except store_mod.StoreError as exc:
+            return "store %s: %s" % (store, exc), {"store": store, "changed": any(
+                r["status"] == "fetched" for r in self.results.values())}
+        except OSError as exc:
+            return "cannot create store %s: %s" % (store, exc.strerror or exc), {"store": store, "changed": False}
+        plan = self.summary_plan()
+        plan["free_bytes"] = store_mod.free_bytes(store)
+        images = [self.image_result(ref) for ref in self.refs]
+        summary = self.summary(images, plan)
+        result = {"store": store, "images": images, "summary": summary, "plan": plan,
+                  "changed": summary["images_fetched"] > 0 or (self.check_mode and bool(self.plans))}
+        failures = [image for image in images if image["status"] == "failed"]
+        if self.space_error:
+            return self.space_error, result
+        if failures:
+            return "%d of %d image(s) failed: %s" % (len(failures), len(images), "; ".join(i["error"] for i in failures)), result
+        return None, result

@@ -4,11 +4,19 @@
 
 """Writing files so that a crash never leaves an empty, half-written or stray file.
 
-Plain functions with no Ansible dependency. :func:`write_file` is the one small-file writer:
-a temporary file in the target directory, written and fsynced, renamed over the target (by
-``os.replace`` or by the caller's ``move``, e.g. ``AnsibleModule.atomic_move`` to keep SELinux
-contexts and attributes), then the directory fsynced so the rename itself survives a power cut;
-on any failure the temporary file is removed.
+Plain functions; none imports Ansible. :func:`write_file` is the one small-file writer: a
+temporary file in the target directory, written and fsynced, renamed over the target (by
+``os.replace`` or by the caller's ``move``), then the directory fsynced so the rename itself
+survives a power cut; on any failure the temporary file is removed. The store and the transfer
+sets write through it directly.
+
+:func:`ensure_file` is how every module writes a file it manages: it takes the module
+(an ``AnsibleModule`` made with ``add_file_common_args=True``), writes through :func:`write_file`
+with ``AnsibleModule.atomic_move`` (SELinux contexts and the existing file's attributes kept,
+``unsafe_writes`` honoured, the temporary file registered with ``add_cleanup_file``), then applies
+the common file options (``mode``, ``owner``, ``group``, SELinux, ``attributes``) with
+``set_fs_attributes_if_different``. It writes nothing in check mode and when the content is
+already there.
 
 Long writes (blobs, volume files) use :func:`open_temp`: the temporary file is created and
 locked (``flock``) while a directory lock is held, so :func:`remove_stale_temps`, which runs
@@ -46,6 +54,13 @@ def discard(path):
         os.unlink(path)
     except OSError:
         pass
+
+
+def read_limited(path, limit):
+    """The first ``limit + 1`` bytes of ``path`` at most: a caller that gets more than ``limit``
+    knows the file is too large without reading it whole. Raises OSError."""
+    with open(path, "rb") as handle:
+        return handle.read(limit + 1)
 
 
 def same_content(path, data):
@@ -91,15 +106,72 @@ def write_file(path, data, mode=None, move=None, prefix=None, synced_dirs=None):
     return True
 
 
+def _umask():
+    current = os.umask(0o077)
+    os.umask(current)
+    return current
+
+
+def ensure_file(module, path, data, what, mode=None, default_mode=None):
+    """Make ``path`` hold ``data`` (bytes) with the attributes the module's file options ask for.
+
+    Returns whether anything changed (or would, in check mode). With ``data`` None the content is
+    left as it is (the caller knows it is right) and only the attributes are applied. ``mode`` overrides the module's
+    ``mode`` option (a second file with a mode of its own); ``default_mode`` is the mode of a
+    new file when neither is given (otherwise the umask decides, as for Ansible's own file
+    modules). A new file is created unreadable by others (umask 077 around the move) and gets
+    its mode right after, so a secret is never exposed in between. Failures end the module with
+    one sentence naming ``what`` (the option that names the file) and the path.
+    """
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        module.fail_json(msg="%s %s is a directory, not a file." % (what, path))
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        module.fail_json(msg="The directory %s of %s %s does not exist." % (directory, what, path))
+    exists = os.path.lexists(path)
+    changed = data is not None and not same_content(path, data)
+    file_args = module.load_file_common_arguments(module.params, path=path)
+    if mode is not None:
+        file_args["mode"] = mode
+    if file_args.get("mode") is None and not exists:
+        file_args["mode"] = default_mode if default_mode is not None else 0o666 & ~_umask()
+    if changed and not module.check_mode:
+        unsafe_writes = bool(module.params.get("unsafe_writes"))
+
+        def move(temp, target):
+            module.add_cleanup_file(temp)
+            module.atomic_move(temp, target, unsafe_writes=unsafe_writes)
+
+        previous_umask = None if exists else os.umask(0o077)
+        try:
+            write_file(path, data, move=move)
+        except Exception as exc:  # pylint: disable=broad-except
+            # atomic_move raises a plain Exception whose cause holds the OSError
+            cause = exc if isinstance(exc, OSError) else (exc.__cause__ or exc)
+            module.fail_json(msg="Cannot write %s %s: %s." % (what, path, getattr(cause, "strerror", None) or cause))
+        finally:
+            if previous_umask is not None:
+                os.umask(previous_umask)
+    if os.path.lexists(path):
+        changed = module.set_fs_attributes_if_different(file_args, changed)
+    return changed
+
+
 class DirLock:
     """An exclusive ``flock`` on ``<directory>/<name>``, or on ``directory`` itself when ``name`` is None
-    (no file is created: a medium gets nothing it does not carry). Serialises temp-file creation and cleanup."""
+    (no file is created: a medium gets nothing it does not carry). Serialises temp-file creation and
+    cleanup, and the store's read-modify-write of ``store.json`` (``_store.StoreLock``).
 
-    def __init__(self, directory, name=None):
+    ``flock`` excludes other processes; threads take turns on ``thread_lock`` first (by default
+    one per instance, for threads that share it; a caller whose threads each make their own
+    instance passes one lock for all of them).
+    """
+
+    def __init__(self, directory, name=None, thread_lock=None):
         self.path = os.path.join(directory, name) if name else directory
         self.fd = None
-        # Threads of one run share the instance: they take turns before the flock.
-        self._thread_lock = threading.Lock()
+        self._thread_lock = thread_lock or threading.Lock()
 
     def __enter__(self):
         self._thread_lock.acquire()

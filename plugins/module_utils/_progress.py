@@ -87,7 +87,23 @@ def _append_end(path, line):
         os.close(fd)
 
 
-class ProgressFile(object):
+class _NoProgress:
+    """What a module writes to when it has no progress file (none asked for, or check mode)."""
+
+    def reserve(self, items):
+        pass
+
+    def start(self, count, asked):
+        pass
+
+    def item(self, status, name, nbytes=0):
+        pass
+
+    def end(self, ok, message=None):
+        pass
+
+
+class ProgressFile:
     """Writes a progress file (created empty, mode 0644; an older file of that name is replaced).
 
     ``items`` is how many item lines may come: their space (and the end line's) is reserved on
@@ -105,10 +121,24 @@ class ProgressFile(object):
         if not os.path.isdir(directory):
             os.makedirs(directory, 0o750)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.reserve(items)
+
+    def reserve(self, items):
+        """Reserve the space of the end line and of ``items`` item lines (once the caller knows how many)."""
         try:
             os.posix_fallocate(self._fd, 0, _FIXED_SPACE + max(0, int(items)) * _ITEM_SPACE)
         except (OSError, AttributeError):
             pass  # a filesystem without fallocate: the lines are appended as they come
+
+    @classmethod
+    def for_module(cls, path, items, check_mode=False):
+        """The progress file of a module run, guarded (:meth:`guard`); a stand-in that writes nothing
+        when ``path`` is not set or in check mode. Raises OSError when the file cannot be made."""
+        if not path or check_mode:
+            return _NoProgress()
+        progress = cls(path, items=items)
+        progress.guard()
+        return progress
 
     def _write(self, line):
         data = line.encode("utf-8")

@@ -58,7 +58,7 @@ class RegistriesConfError(ValueError):
         if isinstance(errors, str):
             errors = [errors]
         self.errors = list(errors)
-        super(RegistriesConfError, self).__init__("%s is invalid: %s" % (what, "; ".join(self.errors)))
+        super().__init__("%s is invalid: %s" % (what, "; ".join(self.errors)))
 
 
 class TomlSubsetError(ValueError):
@@ -227,19 +227,25 @@ def validate(data):
     return errors
 
 
-def _validate_registry(errors, index, table, seen):
-    where = "[[registry]] #%d: " % (index + 1)
+def _check_table(errors, where, table, types, known):
+    """Unknown keys, the type of every known one, and the ``location`` every table needs (whether it has one)."""
     for key in table:
-        if key not in _REGISTRY_TYPES:
-            errors.append("%sunknown key %r (known: %s)" % (where, key, ", ".join(REGISTRY_KEYS)))
-    for key, kind in _REGISTRY_TYPES.items():
+        if key not in types:
+            errors.append("%sunknown key %r (known: %s)" % (where, key, ", ".join(known)))
+    for key, kind in types.items():
         if key in table:
             _check_type(errors, where, key, table[key], kind)
-    location = table.get("location")
-    prefix = table.get("prefix")
     if "location" not in table:
         errors.append("%slocation is required" % where)
-    elif isinstance(location, str):
+        return False
+    return True
+
+
+def _validate_registry(errors, index, table, seen):
+    where = "[[registry]] #%d: " % (index + 1)
+    location = table.get("location")
+    prefix = table.get("prefix")
+    if _check_table(errors, where, table, _REGISTRY_TYPES, REGISTRY_KEYS) and isinstance(location, str):
         problem = location_problem(location, "location")
         if problem:
             errors.append(where + problem)
@@ -262,15 +268,7 @@ def _validate_registry(errors, index, table, seen):
 
 
 def _validate_mirror(errors, where, mirror, digest_only):
-    for key in mirror:
-        if key not in _MIRROR_TYPES:
-            errors.append("%sunknown key %r (known: %s)" % (where, key, ", ".join(MIRROR_KEYS)))
-    for key, kind in _MIRROR_TYPES.items():
-        if key in mirror:
-            _check_type(errors, where, key, mirror[key], kind)
-    if "location" not in mirror:
-        errors.append("%slocation is required" % where)
-    elif isinstance(mirror["location"], str):
+    if _check_table(errors, where, mirror, _MIRROR_TYPES, MIRROR_KEYS) and isinstance(mirror["location"], str):
         problem = location_problem(mirror["location"], "location")
         if problem:
             errors.append(where + problem)
@@ -385,7 +383,7 @@ def render(data, header=None):
 _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t", "b": "\b", "f": "\f", "r": "\r"}
 
 
-class _Line(object):
+class _Line:
     def __init__(self, text, number):
         self.text = text
         self.pos = 0

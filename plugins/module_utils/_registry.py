@@ -37,6 +37,8 @@ import threading
 import time
 import urllib.parse
 
+from ansible_collections.airgap.microshift.plugins.module_utils import _authfile
+
 MANIFEST_ACCEPT = ", ".join([
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.oci.image.manifest.v1+json",
@@ -52,39 +54,23 @@ class CannotTell(Exception):
     """The reader cannot answer for sure; skopeo must."""
 
 
-def _normalized_key(key):
-    key = key.strip()
-    for prefix in ("https://", "http://"):
-        if key.startswith(prefix):
-            key = key[len(prefix):]
-    return key.rstrip("/")
-
-
 def credentials_for(auths, registry, repository):
     """``(user, password)`` of the most specific entry of an ``auths`` map for ``registry/repository``.
 
     ``None`` when no entry matches. Raises :class:`CannotTell` for an entry without a usable
     ``auth`` (an identity token, or a malformed value).
     """
-    entries = {}
-    for key, value in (auths or {}).items():
-        entries[_normalized_key(key)] = value
-    parts = repository.split("/")
-    candidates = ["%s/%s" % (registry, "/".join(parts[:n])) for n in range(len(parts), 0, -1)] + [registry]
-    for candidate in candidates:
-        entry = entries.get(candidate)
-        if entry is None:
-            continue
-        if not isinstance(entry, dict) or not entry.get("auth") or entry.get("identitytoken"):
-            raise CannotTell("the auth file entry %s holds no user and password" % candidate)
-        try:
-            user, sep, password = base64.b64decode(entry["auth"]).decode("utf-8").partition(":")
-        except (ValueError, UnicodeDecodeError):
-            raise CannotTell("the auth file entry %s is not base64 user:password" % candidate)
-        if not sep:
-            raise CannotTell("the auth file entry %s is not base64 user:password" % candidate)
-        return user, password
-    return None
+    found = _authfile.lookup({"auths": auths or {}}, registry, repository)
+    if found is None:
+        return None
+    key, entry = found
+    if not isinstance(entry, dict) or not entry.get("auth") or entry.get("identitytoken"):
+        raise CannotTell("the auth file entry %s holds no user and password" % key)
+    try:
+        user, password = _authfile.decode_auth(entry["auth"])
+    except ValueError:
+        raise CannotTell("the auth file entry %s is not base64 user:password" % key)
+    return user, password
 
 
 def tls_context(registry, tls_verify=True, cert_dir=None):
@@ -110,7 +96,7 @@ def tls_context(registry, tls_verify=True, cert_dir=None):
     return context
 
 
-class ManifestReader(object):
+class ManifestReader:
     """GETs manifests by digest from one registry (``host[:port]``), thread safe.
 
     ``authfile`` None means anonymous access (a registry that asks for a login then makes the
@@ -132,15 +118,12 @@ class ManifestReader(object):
             if any(os.environ.get(name) for name in _PROXY_VARIABLES):
                 raise CannotTell("an HTTPS proxy is configured")
             if authfile:
-                with open(authfile, "rb") as handle:
-                    document = json.loads(handle.read().decode("utf-8"))
-                if not isinstance(document, dict) or not isinstance(document.get("auths", {}), dict):
-                    raise CannotTell("the auth file %s has no auths map" % authfile)
-                if document.get("credHelpers") or document.get("credsStore"):
+                document = _authfile.read_authfile(authfile)
+                if _authfile.uses_helper(document):
                     raise CannotTell("the auth file %s uses a credential helper" % authfile)
                 self._auths = document.get("auths") or {}
             self._context = tls_context(registry, tls_verify, cert_dir)
-        except (OSError, ValueError, ssl.SSLError, CannotTell) as exc:
+        except (OSError, ValueError, ssl.SSLError, CannotTell, _authfile.AuthFileError) as exc:
             self._disabled = str(exc)
 
     @property

@@ -26,6 +26,7 @@ import posixpath
 import re
 import traceback
 
+from ansible_collections.airgap.microshift.plugins.module_utils import _files
 from ansible_collections.airgap.microshift.plugins.module_utils._reference import (
     DEFAULT_REGISTRIES,
     InvalidReference,
@@ -285,8 +286,7 @@ def check_reference(ref, where):
 def read_extra_images_file(path):
     """References from a text file: one a line, ``#`` starts a comment, blank lines ignored."""
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_DOCUMENT_SIZE + 1)
+        raw = _files.read_limited(path, MAX_DOCUMENT_SIZE)
     except OSError as exc:
         raise ReleaseError("%s cannot be read: %s." % (path, exc.strerror or exc))
     if len(raw) > MAX_DOCUMENT_SIZE:

@@ -28,6 +28,7 @@ import json
 import os
 import re
 
+from ansible_collections.airgap.microshift.plugins.module_utils import _files
 from ansible_collections.airgap.microshift.plugins.module_utils._strict import OutsideDataError, field, load_json
 
 try:
@@ -137,11 +138,9 @@ def read_public_keys(paths):
 
 def _read_key_file(path):
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_KEY_FILE + 1)
+        return _files.read_limited(path, MAX_KEY_FILE)
     except OSError as exc:
         raise SigningError("Cannot read the key file %s: %s." % (path, exc.strerror or exc))
-    return data
 
 
 def _passphrase_bytes(passphrase):

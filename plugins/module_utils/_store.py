@@ -15,7 +15,6 @@ they become paths, and only regular files of the declared size are opened.
 from __future__ import annotations
 
 import datetime
-import fcntl
 import hashlib
 import json
 import os
@@ -414,32 +413,14 @@ def utc_now():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class StoreLock:
-    """Serialise read-modify-write of ``store.json`` between threads and processes."""
+class StoreLock(_files.DirLock):
+    """Serialise read-modify-write of ``store.json`` between threads and processes (``.store.lock``)."""
 
-    _thread_lock = threading.Lock()
+    # every thread of a run makes its own instance: they share one thread lock
+    _threads = threading.Lock()
 
     def __init__(self, store):
-        self.path = os.path.join(store, LOCK_FILE)
-        self.handle = None
-
-    def __enter__(self):
-        self._thread_lock.acquire()
-        try:
-            self.handle = open(self.path, "a")
-            fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX)
-        except BaseException:
-            self._thread_lock.release()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        try:
-            fcntl.flock(self.handle.fileno(), fcntl.LOCK_UN)
-            self.handle.close()
-        finally:
-            self._thread_lock.release()
-        return False
+        super().__init__(store, LOCK_FILE, thread_lock=StoreLock._threads)
 
 
 def record_image(store, ref, entry):
@@ -450,6 +431,55 @@ def record_image(store, ref, entry):
         index["blobs"].update(image_blobs(entry))
         write_index(store, index)
         return index
+
+
+STORE_MODE = 0o750
+PARENT_MODE = 0o755
+
+
+def creation_problem(store):
+    """Why ``store`` cannot be a store directory, as a clause (``exists and is not a directory``), or None.
+
+    A store that does not exist yet is fine as long as its nearest existing ancestor is a
+    directory: :func:`create` makes the missing ones.
+    """
+    path = os.path.abspath(store)
+    if os.path.lexists(path):
+        return None if os.path.isdir(path) else "exists and is not a directory"
+    probe = os.path.dirname(path)
+    while not os.path.lexists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        return "cannot be created: %s is not a directory" % probe
+    return None
+
+
+def create(store, index=True):
+    """Make the store's directories: missing parents (mode 0755, as ``mkdir -p`` would), the store
+    (0750) and ``blobs/sha256`` and ``images`` in it; with ``index``, an empty ``store.json`` when
+    there is none (an unpack writes its own, last)."""
+    path = os.path.abspath(store)
+    missing = []
+    probe = os.path.dirname(path)
+    while not os.path.isdir(probe):
+        missing.append(probe)
+        probe = os.path.dirname(probe)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, PARENT_MODE)
+        except FileExistsError:
+            pass
+    if not os.path.isdir(path):
+        try:
+            os.mkdir(path, STORE_MODE)
+        except FileExistsError:
+            pass
+    os.makedirs(os.path.join(path, BLOBS_DIR, "sha256"), exist_ok=True)
+    os.makedirs(os.path.join(path, IMAGES_DIR), exist_ok=True)
+    if index and not os.path.lexists(os.path.join(path, STORE_INDEX)):
+        with StoreLock(path):
+            if not os.path.lexists(os.path.join(path, STORE_INDEX)):
+                write_index(path, empty_index())
 
 
 def free_bytes(path):

@@ -56,7 +56,7 @@ from ansible_collections.airgap.microshift.plugins.module_utils._skopeo import (
 
 TAG_POLICIES = ("timestamp", "digest", "source", "none")
 SOURCE_FORMATS = ("store", "dir", "auto")
-STATUSES = ("pushed", "skipped", "failed")
+STATUSES = ("pushed", "skipped", "failed", "not_started")
 
 DIR_MANIFEST = "manifest.json"
 
@@ -364,6 +364,17 @@ def select_images(images, wanted):
     return chosen
 
 
+def mirror_problem(mirror, namespace=None):
+    """Why ``mirror`` (``host[:port]``) and ``namespace`` (a repository path) cannot name the mirror, or None."""
+    try:
+        probe = "%s/%s/probe" % (mirror, namespace) if namespace else "%s/probe" % mirror
+        if parse_reference(probe).registry == mirror:
+            return None
+    except InvalidReference:
+        pass
+    return "Option mirror %r is not a registry host[:port], or namespace %r is not a repository path." % (mirror, namespace)
+
+
 def plan_repositories(images, mirror, namespace=None):
     """Set each image's mirror repository; mark images that land on the same repo and digest as duplicates."""
     primary = {}
@@ -497,8 +508,8 @@ def blob_report(stderr):
 
 # --------------------------------------------------------------------------- scheduling
 
-class PushScheduler(object):
-    """Which push to start next, so that shared blobs are sent once and early. Pure: no threads.
+class PushScheduler(_workers.Scheduler):
+    """The upload's policy: which push to start next, so that shared blobs are sent once and early.
 
     ``needs`` maps each name to ``{blob digest: size}``; ``present`` is the set of blobs the
     registry already holds. A push waits while another running push sends one of the blobs it
@@ -509,47 +520,19 @@ class PushScheduler(object):
     """
 
     def __init__(self, needs, present=None):
-        self.needs = dict((name, dict(blobs)) for name, blobs in needs.items())
-        self.position = dict((name, index) for index, name in enumerate(needs))
-        self.present = set(present or ())
-        self.pending = list(needs)
-        self.running = {}
+        super().__init__(needs, done=present)
 
-    def missing(self, name):
-        return dict((blob, size) for blob, size in self.needs[name].items() if blob not in self.present)
-
-    def in_flight(self):
-        busy = set()
-        for blobs in self.running.values():
-            busy |= blobs
-        return busy
-
-    def next_ready(self):
-        busy = self.in_flight()
+    def choose(self, ready, missing):
         demand = {}
-        for name in self.pending:
-            for blob in self.missing(name):
+        for blobs in missing.values():
+            for blob in blobs:
                 demand[blob] = demand.get(blob, 0) + 1
-        best, best_key = None, None
-        for name in self.pending:
-            missing = self.missing(name)
-            if busy.intersection(missing):
-                continue
-            shared = sum(size for blob, size in missing.items() if demand[blob] > 1)
-            total = sum(missing.values())
-            key = (shared > 0, shared, -total if shared else total, -self.position[name])
-            if best_key is None or key > best_key:
-                best, best_key = name, key
-        return best
 
-    def start(self, name):
-        self.pending.remove(name)
-        self.running[name] = set(self.missing(name))
-
-    def finish(self, name, success=True):
-        blobs = self.running.pop(name)
-        if success:
-            self.present |= blobs
+        def key(name):
+            shared = sum(size for blob, size in missing[name].items() if demand[blob] > 1)
+            total = sum(missing[name].values())
+            return (shared > 0, shared, -total if shared else total, -self.position[name])
+        return max(ready, key=key)
 
 
 def run_scheduled(images, parallel, work, should_stop=lambda: False):
@@ -572,15 +555,29 @@ def run_parallel(items, parallel, work):
 # --------------------------------------------------------------------------- the upload
 
 class Upload:
-    """One run: check what the mirror has, push the rest, verify, and report."""
+    """One run: check what the mirror has, push the rest, verify, and report.
 
-    def __init__(self, registry, images, store=None, parallel=4, keep_going=False):
+    ``on_start(count, asked)`` is called once the pushes are known (``count`` images to push of
+    ``asked``); ``on_image(image)`` for every image as it ends pushed, failed or not started
+    (from worker threads). With ``keep_going`` false, the first image that fails on its own (the
+    culprit) stops new pushes: it and its own error come first in every report, and the images
+    never started are ``not_started``, not failed.
+    """
+
+    def __init__(self, registry, images, store=None, parallel=4, keep_going=False, on_start=None, on_image=None):
         self.registry = registry
         self.images = images            # every selected image (duplicates included)
         self.store = store
         self.parallel = max(1, int(parallel))
         self.keep_going = keep_going
+        self.on_start = on_start or (lambda count, asked: None)
+        self.on_image = on_image or (lambda image: None)
         self.stopped = False
+        self.culprit = None
+        self.to_push = []
+        self.missing = []
+        self.started = time.time()
+        self._lock = threading.Lock()
 
     @property
     def check_parallel(self):
@@ -590,6 +587,21 @@ class Upload:
     @property
     def primaries(self):
         return [image for image in self.images if image.duplicate_of is None]
+
+    def _failed(self, image, message):
+        image.status = "failed"
+        image.error = message
+        with self._lock:
+            if self.culprit is None:
+                self.culprit = image
+            if not self.keep_going:
+                self.stopped = True
+
+    def _not_started(self, images):
+        for image in images:
+            image.status = "not_started"
+            image.error = "Not pushed: %s failed first and keep_going is false." % self.culprit.source
+            self.on_image(image)
 
     def check_present(self):
         """Mark the images the mirror already serves as skipped; fail the ones that cannot be checked."""
@@ -604,8 +616,9 @@ class Upload:
             return image
 
         run_parallel(self.primaries, self.check_parallel, check)
-        if not self.keep_going and any(image.status == "failed" for image in self.primaries):
-            self.stopped = True
+        for image in self.primaries:
+            if image.status == "failed":
+                self._failed(image, image.error)
         return [image for image in self.primaries if image.status is None]
 
     def push_all(self, to_push):
@@ -614,25 +627,31 @@ class Upload:
             ok, message = self.registry.push(image, self.store)
             if ok:
                 image.status = "pushed"
-                return True
-            image.status = "failed"
-            image.error = message
-            if not self.keep_going:
-                self.stopped = True
-            return False
+            else:
+                self._failed(image, message)
+            self.on_image(image)
+            return ok
 
         order = sorted(to_push, key=lambda i: i.source)
-        left = run_scheduled(order, self.parallel, push, lambda: self.stopped)
-        for image in left:
-            image.status = "failed"
-            image.error = "Not pushed: %s stopped the upload (keep_going is false)." % self.first_failure().source
+        self._not_started(run_scheduled(order, self.parallel, push, lambda: self.stopped))
         return all(image.status == "pushed" for image in to_push)
 
-    def first_failure(self):
-        for image in self.primaries:
-            if image.status == "failed":
-                return image
-        return None
+    def run(self, tag_policy, check_mode=False, verify="pushed"):
+        """Check the mirror, tag, then (outside check mode) push and verify. Raises :class:`UploadError`."""
+        to_push = self.check_present()
+        if self.stopped:
+            self._not_started(to_push)
+            return self
+        assign_tags(to_push, tag_policy, timestamp_stamp(self.started))
+        self.to_push = to_push
+        if check_mode:
+            for image in to_push:
+                image.status = "pushed"
+            return self
+        self.on_start(len(to_push), len(self.primaries))
+        self.push_all(to_push)
+        self.missing = self.verify(verify)
+        return self
 
     def verify(self, scope="pushed"):
         """Every manifest (top-level and per arch) of the images pushed by this run, served by the mirror.
@@ -689,6 +708,56 @@ class Upload:
             "duration": round(duration, 3),
         })
         return counts
+
+    def failure(self):
+        """The sentence that fails the task, or None: the culprit's own error first."""
+        if self.missing:
+            return "The mirror does not serve %d manifest(s) after the upload: %s." % (
+                len(self.missing), ", ".join("%s@%s" % (image.repository, digest) for image, digest, dummy in self.missing))
+        failed = self.failures()
+        if not failed:
+            return None
+        first = failed[0].error
+        if self.stopped and not self.to_push:
+            # stopped before any push: the mirror could not be checked (the same cause for every image, as a rule)
+            others = len(failed) - 1
+            return first + (" (and %d other image(s) could not be checked)" % others if others else "")
+        message = first if len(failed) == 1 else "%d image(s) failed to upload (%s); the first: %s" % (
+            len(failed), ", ".join(image.source for image in failed), first)
+        unstarted = [image for image in self.primaries if image.status == "not_started"]
+        if unstarted:
+            message += " %d image(s) were not started (keep_going is false): %s." % (
+                len(unstarted), ", ".join(image.source for image in unstarted))
+        return message
+
+    def failures(self):
+        """The images that failed, the culprit first, then in source order."""
+        failed = sorted((image for image in self.primaries if image.status == "failed"), key=lambda i: i.source)
+        if self.culprit in failed:
+            failed.remove(self.culprit)
+            failed.insert(0, self.culprit)
+        return failed
+
+    def outcome(self, check_mode=False):
+        """``(failure, result)``: the sentence that fails the task (or None) and the module's result."""
+        self.finish()
+        result = {"mapping": mapping_document(self.images)}
+        if check_mode and not self.stopped:
+            result.update(changed=bool(self.to_push), summary=planned_summary(self.images, self.to_push))
+            return None, result
+        result.update(changed=any(image.status == "pushed" for image in self.images),
+                      summary=self.summary(time.time() - self.started))
+        failure = self.failure()
+        if failure:
+            result["failures"] = [image.error for image in self.failures()]
+            if self.missing:
+                result["missing_manifests"] = ["%s@%s" % (image.repository, digest) for image, digest, dummy in self.missing]
+        return failure, result
+
+
+def image_bytes(image):
+    """Bytes of the blobs skopeo uploaded for ``image`` (what its progress line counts)."""
+    return sum(image.blobs.get(blob, 0) for blob in set(image.uploaded))
 
 
 def planned_summary(images, to_push):

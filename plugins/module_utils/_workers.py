@@ -5,7 +5,9 @@
 """Run work on a bounded pool of threads: in any order, or in the order a scheduler decides.
 
 The work here is waiting on skopeo processes, on the network or on hashlib and file I/O, all of
-which release the GIL, so threads are enough.
+which release the GIL, so threads are enough. :class:`Scheduler` is the part the download and the
+upload share: work that needs blobs, and two pieces of work that still need the same blob never
+running at the same time (the first one moves it, the later ones find it there).
 """
 
 from __future__ import annotations
@@ -43,11 +45,70 @@ def _guarded(work, item, errors):
         return None
 
 
+class Scheduler:
+    """Which work to start next so that every blob is moved once. Pure: no threads.
+
+    Each piece of work (a name) needs blobs (``{digest: size}``); ``done`` holds the blobs already
+    in place. A pending name is ready when none of the blobs it still misses is held by running
+    work; among the ready ones, :meth:`choose` (each subclass's policy) picks one. Work can be
+    added while other work runs (:meth:`add`). A success puts the blobs it held in ``done``; a
+    failure frees them for the next one that needs them.
+    """
+
+    def __init__(self, needs=None, done=None):
+        self.needs = {}
+        self.position = {}
+        self.pending = []
+        self.running = {}
+        self.done = set(done or ())
+        for name, blobs in (needs or {}).items():
+            self.add(name, blobs)
+
+    def add(self, name, blobs):
+        """Queue ``name``, which needs ``blobs`` (``{digest: size}``)."""
+        self.needs[name] = dict(blobs)
+        self.position[name] = len(self.position)
+        self.pending.append(name)
+
+    def missing(self, name):
+        """The blobs ``name`` still needs: ``{digest: size}``."""
+        return dict((blob, size) for blob, size in self.needs[name].items() if blob not in self.done)
+
+    def in_flight(self):
+        busy = set()
+        for blobs in self.running.values():
+            busy |= blobs
+        return busy
+
+    def choose(self, ready, missing):
+        """The name to start among ``ready``; ``missing`` maps every pending name to what it still needs."""
+        raise NotImplementedError
+
+    def next_ready(self):
+        """The name to start now, or None while every pending one waits for a blob in flight."""
+        busy = self.in_flight()
+        missing = dict((name, self.missing(name)) for name in self.pending)
+        ready = [name for name in self.pending if not busy.intersection(missing[name])]
+        return self.choose(ready, missing) if ready else None
+
+    def start(self, name):
+        self.pending.remove(name)
+        self.running[name] = set(self.missing(name))
+
+    def finish(self, name, success=True):
+        blobs = self.running.pop(name)
+        if success:
+            self.done |= blobs
+
+    def cancel_pending(self):
+        cancelled, self.pending = self.pending, []
+        return cancelled
+
+
 def run_scheduled(scheduler, parallel, work, should_stop=lambda: False):
     """Run ``work(name)`` for what ``scheduler`` hands out, on up to ``parallel`` threads.
 
-    ``scheduler`` has ``pending`` (a list), ``next_ready()`` (a name, or None while everything
-    pending waits for running work), ``start(name)`` and ``finish(name, ok)``; ``work`` returns
+    ``scheduler`` is a :class:`Scheduler`; ``work`` returns
     whether it succeeded. Once ``should_stop()`` is true nothing new starts. Returns the names
     never started; an exception of ``work`` is raised again after the running calls end.
     """

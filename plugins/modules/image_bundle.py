@@ -151,16 +151,29 @@ options:
         before writing single volumes of a set that has parts.
     type: list
     elements: int
+  mode:
+    description:
+      - With O(state=receipt), the permissions of the receipt file; a new one gets V('0644') when not set.
+      - The common file options (O(mode), O(owner), O(group), SELinux context, O(attributes)) apply to the receipt
+        file only; the other states refuse them (volumes are written on media that often keep no owner).
+    type: raw
+extends_documentation_fragment:
+  - ansible.builtin.files
+  - airgap.microshift.attributes
+  - airgap.microshift.attributes.files
 attributes:
   check_mode:
     support: full
-    description: Returns the plan (volumes, bytes, files to write) and writes nothing.
+    details: Returns the plan (volumes, bytes, files to write) and writes nothing.
   diff_mode:
     support: none
-    description: Reports counts and lists of files, not a diff.
+    details: Reports counts and lists of files, not a diff.
   idempotent:
     support: full
-    description: Files already complete are found by size and recorded hash and skipped; a second run reports no change.
+    details: Files already complete are found by size and recorded hash and skipped; a second run reports no change.
+  safe_file_operations:
+    support: full
+    details: Every file is written under a temporary name in its directory, fsynced and renamed into place.
 seealso:
   - module: ansible.posix.synchronize
 notes:
@@ -380,7 +393,6 @@ receipt_id:
   sample: sha256:0b1c...
 """
 
-import os
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -396,29 +408,21 @@ from ansible_collections.airgap.microshift.plugins.module_utils._bundle import (
     verify,
     verify_message,
 )
-from ansible_collections.airgap.microshift.plugins.module_utils._files import same_content, write_file
+from ansible_collections.airgap.microshift.plugins.module_utils._files import ensure_file
 from ansible_collections.airgap.microshift.plugins.module_utils._signing import HAS_CRYPTOGRAPHY, CRYPTOGRAPHY_IMPORT_ERROR
+
+
+FILE_OPTIONS = ("mode", "owner", "group", "seuser", "serole", "selevel", "setype", "attributes")
 
 
 def _receipt(module):
     params = module.params
     receipt, absent = make_receipt(params["store"], release=params["release"])
-    dest = params["dest"]
-    data = canonical_json(receipt)
-    result = {"dest": dest, "receipt_id": receipt["receipt_id"], "blobs": len(receipt["blobs"]),
-              "bytes": receipt["bytes"], "images": len(receipt["images"]), "changed": False}
     if absent:
         module.warn("The store %s lists %d blob(s) it does not hold; the receipt leaves them out." % (params["store"], len(absent)))
-    if same_content(dest, data):
-        return result
-    result["changed"] = True
-    if module.check_mode:
-        return result
-    directory = os.path.dirname(os.path.abspath(dest))
-    if not os.path.isdir(directory):
-        module.fail_json(msg="The directory %s of the receipt file does not exist." % directory)
-    write_file(dest, data, mode=0o644, move=module.atomic_move)
-    return result
+    changed = ensure_file(module, params["dest"], canonical_json(receipt), what="dest", default_mode=0o644)
+    return {"dest": params["dest"], "receipt_id": receipt["receipt_id"], "blobs": len(receipt["blobs"]),
+            "bytes": receipt["bytes"], "images": len(receipt["images"]), "changed": changed}
 
 
 def _keys(module, state):
@@ -438,6 +442,33 @@ def _keys(module, state):
     if state == "pack":
         return load_signing_key(params["signing_key"], params["signing_key_passphrase"]) if params["signing_key"] else None
     return load_trusted_keys(params["trusted_keys"])
+
+
+def _run(module, state, keys):
+    """The result of ``state``; BundleError and OSError go to the caller."""
+    params = module.params
+    if state == "pack":
+        volume_size = parse_size(params["volume_size"]) if params["volume_size"] else None
+        return pack(params["store"], params["dest"], volume_size=volume_size, part_size=parse_size(params["part_size"], option="part_size"),
+                    receipt=params["receipt"], base=params["base"], release=params["release"], versions=params["versions"],
+                    parallel=params["parallel"], link=params["link"], only_volumes=params["volumes"], check_mode=module.check_mode,
+                    signing_key=keys)
+    if state == "verify":
+        result, dummy, dummy2 = verify(params["src"], parallel=params["parallel"], trusted_keys=keys, allow_unsigned=params["allow_unsigned"])
+        ok = result.pop("ok")
+        for warning in result.pop("warnings"):
+            module.warn(warning)
+        if not ok:
+            module.fail_json(msg=verify_message(result), **result)
+        result["changed"] = False
+        return result
+    if state == "unpack":
+        result = unpack(params["src"], params["store"], parallel=params["parallel"], check_mode=module.check_mode,
+                        trusted_keys=keys, allow_unsigned=params["allow_unsigned"])
+        for warning in result.pop("warnings"):
+            module.warn(warning)
+        return result
+    return _receipt(module)
 
 
 def main():
@@ -461,6 +492,7 @@ def main():
             trusted_keys=dict(type="list", elements="path", default=[], no_log=False),
             allow_unsigned=dict(type="bool", default=False),
         ),
+        add_file_common_args=True,
         required_if=[
             ("state", "pack", ("store", "dest")),
             ("state", "verify", ("src",)),
@@ -473,35 +505,16 @@ def main():
     params = module.params
     state = params["state"]
     if params["parallel"] < 1:
-        module.fail_json(msg="parallel must be 1 or more, not %d." % params["parallel"])
+        module.fail_json(msg="Option parallel must be 1 or more, not %d." % params["parallel"])
+    misplaced = [name for name in FILE_OPTIONS if params[name] is not None]
+    if misplaced and state != "receipt":
+        module.fail_json(msg="Option%s %s appl%s to the receipt file only (state=receipt), not with state=%s."
+                         % ("s" if len(misplaced) > 1 else "", ", ".join(misplaced), "y" if len(misplaced) > 1 else "ies", state))
     try:
-        keys = _keys(module, state)
-        if state == "pack":
-            volume_size = parse_size(params["volume_size"]) if params["volume_size"] else None
-            part_size = parse_size(params["part_size"], option="part_size")
-            result = pack(params["store"], params["dest"], volume_size=volume_size, part_size=part_size,
-                          receipt=params["receipt"], base=params["base"], release=params["release"],
-                          versions=params["versions"], parallel=params["parallel"], link=params["link"],
-                          only_volumes=params["volumes"], check_mode=module.check_mode, signing_key=keys)
-        elif state == "verify":
-            result, _manifest, _found = verify(params["src"], parallel=params["parallel"], trusted_keys=keys,
-                                               allow_unsigned=params["allow_unsigned"])
-            ok = result.pop("ok")
-            for warning in result.pop("warnings"):
-                module.warn(warning)
-            if not ok:
-                module.fail_json(msg=verify_message(result), **result)
-            result["changed"] = False
-        elif state == "unpack":
-            result = unpack(params["src"], params["store"], parallel=params["parallel"], check_mode=module.check_mode,
-                            trusted_keys=keys, allow_unsigned=params["allow_unsigned"])
-            for warning in result.pop("warnings"):
-                module.warn(warning)
-        else:
-            result = _receipt(module)
+        result = _run(module, state, _keys(module, state))
     except BundleError as exc:
         module.fail_json(msg=str(exc), **exc.details)
-    except (IOError, OSError) as exc:
+    except OSError as exc:
         module.fail_json(msg="%s failed on %s: %s." % (state, exc.filename or "a file", exc.strerror or exc))
     module.exit_json(**result)
 

@@ -34,10 +34,11 @@ description:
     docker media types), so an upload with C(--preserve-digests) reproduces the source digests.
 author:
   - airgap.microshift contributors (@airgap-microshift)
-requirements:
-  - skopeo (1.9 or later) on the host that runs the module
 extends_documentation_fragment:
+  - airgap.microshift.skopeo
+  - airgap.microshift.skopeo.validate_certs
   - airgap.microshift.attributes
+  - airgap.microshift.attributes.actiongroup_skopeo
 attributes:
   check_mode:
     support: full
@@ -58,32 +59,13 @@ options:
     required: true
   store:
     description:
-      - The image store directory. It is created if missing (its parent must exist).
+      - The image store directory. When it is missing it is created (mode C(0750)), with its missing
+        parent directories (mode C(0755), as C(mkdir -p) makes them), once the first copy is about to
+        start; a run that fails before (a bad reference, not enough space) leaves nothing behind.
     type: path
     required: true
-  authfile:
-    description:
-      - Auth file with the registry credentials (containers-auth.json(5)), for example one
-        written by M(airgap.microshift.registry_auth).
-      - When omitted, skopeo's default auth file is used.
-    type: path
-  parallel:
-    description: Number of image copies (and inspections) run at the same time.
-    type: int
-    default: 4
   retries:
-    description:
-      - How many times in a row a call that failed with a transient error is retried.
-      - A copy that failed after more of its blobs reached the store than before does not count
-        (blobs stay in the store, so each try goes further); the count starts over after it.
-    type: int
     default: 5
-  retry_delay:
-    description:
-      - Base delay in seconds of the exponential backoff. Retry C(n) waits between half and all
-        of C(retry_delay * 2**(n-1)), at most 60 seconds.
-    type: float
-    default: 2.0
   keep_going:
     description:
       - When V(true), a failed image does not stop the others; the module still fails at the end
@@ -96,15 +78,6 @@ options:
     description: Also compute the sha256 of every newly fetched blob and compare it with its digest.
     type: bool
     default: false
-  tls_verify:
-    description:
-      - Verify the registries' TLS certificates. Set to V(false) only for a test registry; the
-        module then warns.
-    type: bool
-    default: true
-  cert_dir:
-    description: Directory with extra CA certificates (C(*.crt)) and client certificates for the registries.
-    type: path
   free_space_margin:
     description:
       - Bytes that must remain free on the store's filesystem after the download. The module
@@ -122,11 +95,6 @@ options:
         Should the module die before it can write the C(end) line, a watcher process writes C(end failed) for it."
     type: path
     version_added: 0.1.0
-  skopeo_path:
-    description: Path of the skopeo binary. By default skopeo is looked up in the C(PATH).
-    type: path
-notes:
-  - Secrets never appear on a command line; credentials are read by skopeo from O(authfile).
 seealso:
   - module: airgap.microshift.registry_auth
 """
@@ -238,179 +206,59 @@ store:
   sample: /srv/microshift-images
 """
 
-import os
-import time
-
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.airgap.microshift.plugins.module_utils import _download as download
-from ansible_collections.airgap.microshift.plugins.module_utils import _store as store_mod
-from ansible_collections.airgap.microshift.plugins.module_utils._progress import ProgressFile
-from ansible_collections.airgap.microshift.plugins.module_utils._reference import InvalidReference, parse_reference
-from ansible_collections.airgap.microshift.plugins.module_utils._skopeo import RegistryOptions, Skopeo
-
-
-def _unique(items):
-    seen, result = set(), []
-    for item in items:
-        if item not in seen:
-            seen.add(item)
-            result.append(item)
-    return result
+from ansible_collections.airgap.microshift.plugins.module_utils import _progress, _skopeo
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
+            _skopeo.argument_spec(retries=5),
             images=dict(type="list", elements="str", required=True),
             store=dict(type="path", required=True),
-            authfile=dict(type="path", no_log=False),
-            parallel=dict(type="int", default=4),
-            retries=dict(type="int", default=5),
-            retry_delay=dict(type="float", default=2.0),
             keep_going=dict(type="bool", default=False),
             verify=dict(type="bool", default=False),
-            tls_verify=dict(type="bool", default=True),
-            cert_dir=dict(type="path"),
             free_space_margin=dict(type="int", default=1073741824),
             progress_file=dict(type="path"),
-            skopeo_path=dict(type="path"),
         ),
         supports_check_mode=True,
     )
     params = module.params
-    store = params["store"]
+    refs = list(dict.fromkeys(params["images"]))
     # The progress file first: a follower then learns of every failure below from its end line.
-    progress = None
-    if params["progress_file"] and not module.check_mode:
-        try:
-            progress = ProgressFile(params["progress_file"], items=len(set(params["images"])))
-        except (OSError, IOError) as exc:
-            module.fail_json(msg="cannot write progress_file %s: %s" % (params["progress_file"], exc))
-        progress.guard()
-
-    def fail(msg, **extra):
-        if progress is not None:
-            progress.end(False, msg)
-        module.fail_json(msg=msg, **extra)
-
-    refs = _unique(params["images"])
-    for ref in refs:
-        try:
-            parse_reference(ref)
-            store_mod.layout_name(ref)
-        except (InvalidReference, store_mod.StoreError) as exc:
-            fail("images: %s" % exc)
-    for name in ("parallel",):
-        if params[name] < 1:
-            fail("%s must be at least 1, not %d" % (name, params[name]))
-    if params["retries"] < 0 or params["retry_delay"] < 0 or params["free_space_margin"] < 0:
-        fail("retries, retry_delay and free_space_margin must not be negative")
-    if params["authfile"] and not os.path.isfile(params["authfile"]):
-        fail("authfile %s does not exist or is not a file" % params["authfile"])
-    if params["cert_dir"] and not os.path.isdir(params["cert_dir"]):
-        fail("cert_dir %s does not exist or is not a directory" % params["cert_dir"])
-    if ":" in os.path.abspath(store):
-        fail("store %s contains ':', which skopeo reads as the end of its oci: transport name; choose a path without ':'" % store)
-    if os.path.exists(store) and not os.path.isdir(store):
-        fail("store %s exists and is not a directory" % store)
-    if not os.path.isdir(os.path.dirname(os.path.abspath(store))):
-        fail("the parent directory of store %s does not exist" % store)
-    if not params["tls_verify"]:
-        module.warn("tls_verify is false: registry certificates are not verified; use this only with a test registry")
-
-    binary = params["skopeo_path"]
-    if binary:
-        if not os.access(binary, os.X_OK):
-            fail("skopeo_path %s is not an executable file" % binary)
-    else:
-        binary = module.get_bin_path("skopeo")
-        if not binary:
-            fail("skopeo is required to download images and was not found in PATH; install the skopeo package")
-
-    started = time.monotonic()
-    skopeo = Skopeo(binary, retries=params["retries"], retry_delay=params["retry_delay"])
-    options = download.DownloadOptions(store, RegistryOptions(params["authfile"], params["tls_verify"], params["cert_dir"]),
-                                       parallel=params["parallel"], keep_going=params["keep_going"], verify=params["verify"],
-                                       free_space_margin=params["free_space_margin"])
-
-    def prepare_store():
-        # only once the first copy is about to start: a refused plan leaves no store behind
-        if not os.path.isdir(store):
-            os.mkdir(store, 0o750)
-        os.makedirs(os.path.join(store, store_mod.BLOBS_DIR, "sha256"), exist_ok=True)
-        os.makedirs(os.path.join(store, store_mod.IMAGES_DIR), exist_ok=True)
-        if not os.path.exists(os.path.join(store, store_mod.STORE_INDEX)):
-            with store_mod.StoreLock(store):
-                if not os.path.exists(os.path.join(store, store_mod.STORE_INDEX)):
-                    store_mod.write_index(store, store_mod.empty_index())
-
-    def on_image(result):
-        if progress is not None:
-            progress.item(result["status"], result["ref"], result["fetched_bytes"])
-
-    def on_start(to_plan):
-        if progress is not None:
-            progress.start(to_plan, len(refs))
-
-    run = download.DownloadRun(refs, skopeo, options, check_mode=module.check_mode, on_start=on_start, on_image=on_image,
-                               prepare_store=prepare_store)
-
-    def finish(failed, msg=None, **extra):
-        if failed:
-            fail(msg, store=store, **extra)
-        if progress is not None:
-            progress.end(True)
-        module.exit_json(store=store, **extra)
-
     try:
-        run.run()
-    except store_mod.StoreError as exc:
-        finish(True, "store %s: %s" % (store, exc), changed=bool(run.results and any(
-            r["status"] == "fetched" for r in run.results.values())))
+        progress = _progress.ProgressFile.for_module(params["progress_file"], len(refs), module.check_mode)
     except OSError as exc:
-        finish(True, "cannot create store %s: %s" % (store, exc.strerror or exc), changed=False)
+        module.fail_json(msg="Cannot write progress_file %s: %s." % (params["progress_file"], exc.strerror or exc))
 
-    plan = run.summary_plan()
-    plan["free_bytes"] = store_mod.free_bytes(store)
-    images = []
-    for ref in refs:
-        if ref in run.results:
-            images.append(run.results[ref])
-        elif ref in run.skipped:
-            item = run.index["images"][ref]
-            images.append({"ref": ref, "digest": item["digest"], "status": "skipped", "size": item.get("size", 0), "fetched_bytes": 0,
-                           "attempts": 0, "retries": 0, "layout": item["layout"], "error": None})
-        else:
-            item = run.plans[ref]
-            images.append({"ref": ref, "digest": item["digest"], "status": "planned", "size": item["size"], "fetched_bytes": 0,
-                           "attempts": 0, "retries": 0, "layout": item["layout"], "error": None})
-    summary = _summary(images, plan, started, run.plan_retries)
-    changed = summary["images_fetched"] > 0 or (module.check_mode and bool(run.plans))
-    failures = [image for image in images if image["status"] == "failed"]
-    if run.space_error:
-        finish(True, run.space_error, changed=changed, images=images, summary=summary, plan=plan)
-    if failures:
-        finish(True, "%d of %d image(s) failed: %s" % (len(failures), len(images), "; ".join(i["error"] for i in failures)),
-               changed=changed, images=images, summary=summary, plan=plan)
-    finish(False, changed=changed, images=images, summary=summary, plan=plan)
+    def fail(msg, **result):
+        progress.end(False, msg)
+        module.fail_json(msg=msg, **result)
 
-
-def _summary(images, plan, started, planning_retries):
-    duration = max(time.monotonic() - started, 0.0)
-    fetched = sum(image["fetched_bytes"] for image in images)
-    return {
-        "images_fetched": sum(1 for image in images if image["status"] == "fetched"),
-        "images_skipped": sum(1 for image in images if image["status"] == "skipped"),
-        "images_failed": sum(1 for image in images if image["status"] == "failed"),
-        "bytes_fetched": fetched,
-        "logical_bytes": plan["logical_bytes"],
-        "unique_bytes": plan["unique_bytes"],
-        "dedup_ratio": plan["dedup_ratio"],
-        "duration": round(duration, 3),
-        "throughput": int(fetched / duration) if duration > 0 else 0,
-        "retries": planning_retries + sum(image["retries"] for image in images),
-    }
+    problem = (download.request_problem(refs, params["store"]) or _skopeo.option_problem(params)
+               or _skopeo.at_least("free_space_margin", params["free_space_margin"], 0))
+    if problem:
+        fail(problem)
+    try:
+        binary = _skopeo.locate(params, module.get_bin_path)
+    except _skopeo.OptionError as exc:
+        fail(str(exc))
+    warning = _skopeo.insecure_warning(params, "the registries")
+    if warning:
+        module.warn(warning)
+    options = download.DownloadOptions(params["store"], _skopeo.registry_options(params), parallel=params["parallel"],
+                                       keep_going=params["keep_going"], verify=params["verify"],
+                                       free_space_margin=params["free_space_margin"])
+    run = download.DownloadRun(refs, _skopeo.Skopeo.from_params(binary, params), options, check_mode=module.check_mode,
+                               on_start=lambda count: progress.start(count, len(refs)),
+                               on_image=lambda item: progress.item(item["status"], item["ref"], item["fetched_bytes"]))
+    failure, result = run.outcome()
+    if failure:
+        fail(failure, **result)
+    progress.end(True)
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

@@ -38,10 +38,13 @@ description:
     architecture's) of every image, and fails naming the ones it does not.
 author:
   - airgap.microshift contributors (@airgap-microshift)
-requirements:
-  - skopeo 1.9 or later on the host that runs the module
 extends_documentation_fragment:
+  - airgap.microshift.skopeo
+  - airgap.microshift.skopeo.validate_certs
+  - ansible.builtin.files
   - airgap.microshift.attributes
+  - airgap.microshift.attributes.actiongroup_skopeo
+  - airgap.microshift.attributes.files
 attributes:
   check_mode:
     support: full
@@ -51,6 +54,9 @@ attributes:
   idempotent:
     support: full
     details: Images already on the mirror are skipped; with O(tag_policy=timestamp) new images get new tags.
+  safe_file_operations:
+    support: full
+    details: O(mapping_file) is written to a temporary file in its directory, then moved into place.
 options:
   store:
     description:
@@ -75,11 +81,6 @@ options:
     description:
       - A path put in front of every repository on the mirror (C(<mirror>/<namespace>/<repository>)).
     type: str
-  authfile:
-    description:
-      - The containers auth file holding the credentials for O(mirror) (C(containers-auth.json) format).
-      - Defaults to skopeo's own default (C(${XDG_RUNTIME_DIR}/containers/auth.json)).
-    type: path
   tag_policy:
     description:
       - How pushed images are tagged on the mirror.
@@ -100,26 +101,10 @@ options:
     type: list
     elements: str
     default: []
-  parallel:
-    description:
-      - How many pushes (and manifest checks) run at the same time.
-    type: int
-    default: 4
-  retries:
-    description:
-      - How many times in a row a push or a check that failed for a transient reason (network, HTTP 429, 5xx) is retried.
-      - A push that failed after getting past a blob no earlier try had got past (uploaded, mounted or found
-        on the mirror) does not count; the count starts over after it.
-    type: int
-    default: 3
-  retry_delay:
-    description:
-      - Seconds before the first retry; each further retry waits up to twice as long (with random jitter, at most 60 seconds).
-    type: float
-    default: 2.0
   keep_going:
     description:
-      - When V(false), the first failed image stops new pushes (running ones finish) and the task fails.
+      - When V(false), the first failed image stops new pushes (running ones finish) and the task fails with that
+        image's own error first; the images never started are reported V(not_started).
       - When V(true), every image is tried, then the task fails listing those that failed.
     type: bool
     default: false
@@ -132,27 +117,22 @@ options:
     type: str
     choices: [pushed, all]
     default: pushed
-  tls_verify:
-    description:
-      - Verify the mirror's TLS certificate. Turning it off is for test registries only and prints a warning.
-    type: bool
-    default: true
-  cert_dir:
-    description:
-      - A directory of C(*.crt) CA certificates (and C(*.cert)/C(*.key) client certificates) for the mirror,
-        used in addition to the system trust store.
-    type: path
   mapping_file:
     description:
-      - Write the mapping (RV(mapping)) to this JSON file, atomically.
+      - Write the mapping (RV(mapping)) to this JSON file, atomically (mode C(0644) for a new file unless O(mode)
+        says otherwise). Its directory must exist.
+      - The common file options (O(mode), O(owner), O(group), SELinux context, O(attributes)) apply to this file.
       - The file is a report of the run; writing it does not by itself make the task changed.
     type: path
-  skopeo_path:
+  progress_file:
     description:
-      - The skopeo binary. Found on E(PATH) when not set.
+      - Append one line per image pushed, failed or not started to this file (created or emptied at the start),
+        then an C(end) line, so that a playbook can follow a run started with C(async) and C(poll=0); the
+        P(airgap.microshift.upload#role) role does. Not written in check mode.
+      - The lines are those of M(airgap.microshift.image_download)'s O(airgap.microshift.image_download#module:progress_file),
+        with the bytes the image's push uploaded; images already on the mirror have no line.
     type: path
 notes:
-  - Credentials are never put on a command line; they come from O(authfile).
   - The manifests of a pushed image are checked by reading them back by digest and hashing the bytes
     (C(skopeo inspect --raw docker://<repository>@<digest>) where the direct read steps aside).
 seealso:
@@ -194,7 +174,8 @@ RETURN = r"""
 mapping:
   description:
     - One entry per image, in source order.
-    - C(status) is V(pushed), V(skipped) (the mirror already served it) or V(failed); in check mode, what would happen.
+    - C(status) is V(pushed), V(skipped) (the mirror already served it), V(failed) or V(not_started) (after another image
+      failed, with O(keep_going=false)); in check mode, what would happen.
     - C(tag) is the tag given on the mirror, V(null) when the image was pushed by digest or skipped.
   returned: success and failure after the images were read
   type: list
@@ -214,14 +195,15 @@ summary:
     - C(duration) is in seconds.
   returned: success and failure after the images were read
   type: dict
-  sample: {images: 3, pushed: 2, skipped: 1, failed: 0, bytes: 734003200, blobs_uploaded: 14, blobs_reused: 5, retries: 0, duration: 42.7}
+  sample: {images: 3, pushed: 2, skipped: 1, failed: 0, not_started: 0, bytes: 734003200, blobs_uploaded: 14, blobs_reused: 5,
+           retries: 0, duration: 42.7}
 source_format:
   description: The format that was read, V(store) or V(dir).
   returned: always
   type: str
   sample: store
 failures:
-  description: One sentence per image that failed.
+  description: One sentence per image that failed, the one that stopped the upload first.
   returned: failure after the images were read
   type: list
   elements: str
@@ -236,147 +218,87 @@ missing_manifests:
 
 import json
 import os
-import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.common.text.converters import to_native
 
-from ansible_collections.airgap.microshift.plugins.module_utils._files import same_content, write_file
-from ansible_collections.airgap.microshift.plugins.module_utils._reference import (
-    InvalidReference,
-    parse_reference,
-)
+from ansible_collections.airgap.microshift.plugins.module_utils import _skopeo
+from ansible_collections.airgap.microshift.plugins.module_utils._files import ensure_file
+from ansible_collections.airgap.microshift.plugins.module_utils._progress import ProgressFile
 from ansible_collections.airgap.microshift.plugins.module_utils._upload import (
     SOURCE_FORMATS,
     TAG_POLICIES,
     Registry,
     Upload,
     UploadError,
-    assign_tags,
+    image_bytes,
     load_images,
-    mapping_document,
+    mirror_problem,
     plan_repositories,
-    planned_summary,
     select_images,
-    timestamp_stamp,
 )
-from ansible_collections.airgap.microshift.plugins.module_utils._skopeo import module_runner
-
-
-def _validate_mirror(module, mirror, namespace):
-    try:
-        parsed = parse_reference("%s/%s/probe" % (mirror, namespace.strip("/")) if namespace else "%s/probe" % mirror)
-    except InvalidReference:
-        parsed = None
-    if parsed is None or parsed.registry != mirror:
-        module.fail_json(msg="Option mirror %r is not a registry host[:port], or namespace %r is not a repository path." % (mirror, namespace))
-
-
-def _write_mapping(module, path, mapping):
-    content = (json.dumps(mapping, indent=2, sort_keys=True) + "\n").encode("utf-8")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        module.fail_json(msg="Cannot write mapping_file %s: directory %s does not exist." % (path, directory))
-    if same_content(path, content):
-        return
-    try:
-        write_file(os.path.abspath(path), content, mode=0o644, move=module.atomic_move)
-    except (OSError, IOError) as exc:
-        module.fail_json(msg="Cannot write mapping_file %s: %s." % (path, to_native(exc)))
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
+            _skopeo.argument_spec(retries=3),
             store=dict(type="path", required=True),
             source_format=dict(type="str", choices=list(SOURCE_FORMATS), default="auto"),
             mirror=dict(type="str", required=True),
             namespace=dict(type="str"),
-            authfile=dict(type="path", no_log=False),
             tag_policy=dict(type="str", choices=list(TAG_POLICIES), default="timestamp"),
             images=dict(type="list", elements="str", default=[]),
-            parallel=dict(type="int", default=4),
-            retries=dict(type="int", default=3),
-            retry_delay=dict(type="float", default=2.0),
             keep_going=dict(type="bool", default=False),
             verify=dict(type="str", choices=["pushed", "all"], default="pushed"),
-            tls_verify=dict(type="bool", default=True),
-            cert_dir=dict(type="path"),
             mapping_file=dict(type="path"),
-            skopeo_path=dict(type="path"),
+            progress_file=dict(type="path"),
         ),
+        add_file_common_args=True,
         supports_check_mode=True,
     )
     params = module.params
-    started = time.time()
-    mirror = params["mirror"].strip().rstrip("/")
-    namespace = (params["namespace"] or "").strip("/") or None
-    _validate_mirror(module, mirror, namespace)
-    if params["parallel"] < 1:
-        module.fail_json(msg="Option parallel must be 1 or more, not %d." % params["parallel"])
-    if params["retries"] < 0 or params["retry_delay"] < 0:
-        module.fail_json(msg="Options retries and retry_delay must not be negative.")
-    if params["authfile"] and not os.path.isfile(params["authfile"]):
-        module.fail_json(msg="The authfile %s does not exist." % params["authfile"])
-    if params["cert_dir"] and not os.path.isdir(params["cert_dir"]):
-        module.fail_json(msg="The cert_dir %s is not a directory." % params["cert_dir"])
-    if not params["tls_verify"]:
-        module.warn("TLS verification of mirror %s is off (tls_verify=false): anyone on the path can read and change the images." % mirror)
-    skopeo = params["skopeo_path"] or module.get_bin_path("skopeo", required=True)
-
     try:
+        progress = ProgressFile.for_module(params["progress_file"], 0, module.check_mode)
+    except OSError as exc:
+        module.fail_json(msg="Cannot write progress_file %s: %s." % (params["progress_file"], exc.strerror or exc))
+
+    def finish(failure, **result):
+        if params["mapping_file"] and "mapping" in result and not module.check_mode:
+            # a report of the run: writing it does not make the task changed
+            ensure_file(module, params["mapping_file"], (json.dumps(result["mapping"], indent=2, sort_keys=True) + "\n").encode(),
+                        what="mapping_file", default_mode=0o644)
+        progress.end(not failure, failure)
+        if failure:
+            module.fail_json(msg=failure, **result)
+        module.exit_json(**result)
+
+    mirror, namespace = params["mirror"].strip().rstrip("/"), (params["namespace"] or "").strip("/") or None
+    problem = mirror_problem(mirror, namespace) or _skopeo.option_problem(params)
+    if not problem and params["mapping_file"] and not os.path.isdir(os.path.dirname(os.path.abspath(params["mapping_file"]))):
+        problem = "Option mapping_file names %s, whose directory does not exist." % params["mapping_file"]
+    try:
+        if problem:
+            raise UploadError(problem)
+        binary = _skopeo.locate(params, module.get_bin_path)
         images, source_format = load_images(params["store"], params["source_format"])
         images = select_images(images, params["images"])
-        primaries = plan_repositories(images, mirror, namespace)
-    except UploadError as exc:
-        module.fail_json(msg=to_native(exc))
-
-    registry = Registry(skopeo, params["authfile"], params["tls_verify"], params["cert_dir"], runner=module_runner(module),
-                        retries=params["retries"], retry_delay=params["retry_delay"], direct_reads=True)
-    upload = Upload(registry, images, store=params["store"], parallel=params["parallel"], keep_going=params["keep_going"])
-
-    def fail(msg, **extra):
-        upload.finish()
-        mapping = mapping_document(images)
-        if params["mapping_file"] and not module.check_mode:
-            _write_mapping(module, params["mapping_file"], mapping)
-        failures = [image.error for image in sorted(primaries, key=lambda i: i.source) if image.status == "failed" and image.error]
-        module.fail_json(msg=msg, mapping=mapping, summary=upload.summary(time.time() - started), failures=failures,
-                         source_format=source_format, changed=any(image.status == "pushed" for image in images), **extra)
-
-    to_push = upload.check_present()
-    if upload.stopped:
-        fail(upload.first_failure().error)
+        plan_repositories(images, mirror, namespace)
+    except (UploadError, _skopeo.OptionError) as exc:
+        finish(str(exc))
+    progress.reserve(len(images))
+    warning = _skopeo.insecure_warning(params, "mirror %s" % mirror)
+    if warning:
+        module.warn(warning)
+    registry = Registry(binary, params["authfile"], params["validate_certs"], params["cert_dir"], retries=params["retries"],
+                        retry_delay=params["retry_delay"], direct_reads=True)
+    upload = Upload(registry, images, store=params["store"], parallel=params["parallel"], keep_going=params["keep_going"],
+                    on_start=progress.start, on_image=lambda image: progress.item(image.status, image.source, image_bytes(image)))
     try:
-        assign_tags(to_push, params["tag_policy"], timestamp_stamp(started))
+        upload.run(params["tag_policy"], module.check_mode, params["verify"])
     except UploadError as exc:
-        module.fail_json(msg=to_native(exc))
-
-    if module.check_mode:
-        for image in to_push:
-            image.status = "pushed"
-        upload.finish()
-        module.exit_json(changed=bool(to_push), mapping=mapping_document(images), summary=planned_summary(images, to_push),
-                         source_format=source_format)
-
-    upload.push_all(to_push)
-    missing = upload.verify(params["verify"])
-    failed = [image for image in sorted(primaries, key=lambda i: i.source) if image.status == "failed"]
-    if missing:
-        fail("The mirror does not serve %d manifest(s) after the upload: %s." % (
-            len(missing), ", ".join("%s@%s" % (image.repository, digest) for image, digest, dummy in missing)),
-            missing_manifests=["%s@%s" % (image.repository, digest) for image, digest, dummy in missing])
-    if failed:
-        first = failed[0].error
-        if len(failed) == 1:
-            fail(first)
-        fail("%d image(s) failed to upload (%s); the first: %s" % (len(failed), ", ".join(image.source for image in failed), first))
-
-    upload.finish()
-    mapping = mapping_document(images)
-    if params["mapping_file"]:
-        _write_mapping(module, params["mapping_file"], mapping)
-    module.exit_json(changed=bool(to_push), mapping=mapping, summary=upload.summary(time.time() - started), source_format=source_format)
+        finish(str(exc))
+    failure, result = upload.outcome(module.check_mode)
+    finish(failure, source_format=source_format, **result)
 
 
 if __name__ == "__main__":

@@ -25,13 +25,17 @@ description:
 author:
   - airgap.microshift contributors (@airgap-microshift)
 extends_documentation_fragment:
+  - ansible.builtin.files
   - airgap.microshift.attributes
+  - airgap.microshift.attributes.files
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: full
   idempotent:
+    support: full
+  safe_file_operations:
     support: full
 options:
   path:
@@ -94,16 +98,10 @@ options:
   mode:
     description:
       - The permissions of the file, in octal notation such as V('0644').
+      - The other common file options (O(owner), O(group), SELinux context, O(attributes)) apply to the file too;
+        unset, they leave the file as it is.
     type: raw
     default: '0644'
-  owner:
-    description:
-      - The owner of the file. Unchanged when not set.
-    type: str
-  group:
-    description:
-      - The group of the file. Unchanged when not set.
-    type: str
 notes:
   - Containers tools read the drop-ins of C(/etc/containers/registries.conf.d) in name order, later files
     overriding earlier ones for the same prefix; the default name C(999-...) puts this one last.
@@ -167,7 +165,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_bytes, to_native
 
-from ansible_collections.airgap.microshift.plugins.module_utils._files import write_file
+from ansible_collections.airgap.microshift.plugins.module_utils._files import ensure_file
 from ansible_collections.airgap.microshift.plugins.module_utils._reference import DEFAULT_REGISTRIES
 from ansible_collections.airgap.microshift.plugins.module_utils._registries_conf import (
     RegistriesConfError,
@@ -183,7 +181,7 @@ def _read(path):
     try:
         with open(path, "rb") as handle:
             return handle.read().decode("utf-8", "replace")
-    except (IOError, OSError):
+    except OSError:
         return None
 
 
@@ -217,28 +215,13 @@ def _build(module):
     return content, [source for source in registries if source != mirror], mirror_location(mirror, namespace)
 
 
-def _write(module, path, content):
+def _make_directory(module, path):
     directory = os.path.dirname(path) or "."
-    if not os.path.isdir(directory):
+    if not os.path.isdir(directory) and not module.check_mode:
         try:
             os.makedirs(directory, 0o755)
         except OSError as exc:
             module.fail_json(msg="Cannot create the directory %s: %s." % (directory, to_native(exc)))
-    try:
-        # Temporary file in the same directory, fsynced, moved by atomic_move, directory fsynced; removed on failure.
-        write_file(path, to_bytes(content), move=module.atomic_move)
-    except (IOError, OSError) as exc:
-        module.fail_json(msg="Cannot write the drop-in %s: %s." % (path, to_native(exc)))
-
-
-def _attributes(module, path, changed):
-    params = module.params
-    if not os.path.exists(path):
-        # Check mode and a file that does not exist yet: the attributes are set when it is created.
-        return changed
-    changed = module.set_mode_if_different(path, params["mode"], changed)
-    changed = module.set_owner_if_different(path, params["owner"], changed)
-    return module.set_group_if_different(path, params["group"], changed)
 
 
 def main():
@@ -255,10 +238,9 @@ def main():
             additional_registries=dict(type="list", elements="dict", default=[]),
             header=dict(type="str"),
             mode=dict(type="raw", default="0644"),
-            owner=dict(type="str"),
-            group=dict(type="str"),
         ),
         required_if=[("state", "present", ["mirror"])],
+        add_file_common_args=True,
         supports_check_mode=True,
     )
     path = module.params["path"]
@@ -278,10 +260,11 @@ def main():
 
     content, registries, location = _build(module)
     diff["after"] = content
-    changed = before != content
-    if changed and not module.check_mode:
-        _write(module, path, content)
-    changed = _attributes(module, path, changed)
+    if module.check_mode and not os.path.isdir(os.path.dirname(path) or "."):
+        changed = True  # the directory and the file would be created
+    else:
+        _make_directory(module, path)
+        changed = ensure_file(module, path, to_bytes(content), what="path")
     module.exit_json(changed=changed, path=path, content=content, registries=registries, mirror_location=location, diff=diff)
 
 

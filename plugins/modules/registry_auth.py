@@ -23,7 +23,9 @@ description:
 author:
   - airgap.microshift contributors (@airgap-microshift)
 extends_documentation_fragment:
+  - ansible.builtin.files
   - airgap.microshift.attributes
+  - airgap.microshift.attributes.files
 attributes:
   check_mode:
     support: full
@@ -33,6 +35,9 @@ attributes:
   idempotent:
     support: full
     details: Entries are compared after decoding, so rewriting the same credentials is not a change.
+  safe_file_operations:
+    support: full
+    details: A new file is never readable by others, not even before its mode is set.
 options:
   path:
     description: The auth file.
@@ -67,14 +72,9 @@ options:
   mode:
     description:
       - Permissions of the file. A file with other permissions is fixed (and reported as changed).
+      - The other common file options (O(owner), O(group), SELinux context, O(attributes)) apply to the file too.
     type: raw
     default: '0600'
-  owner:
-    description: Owner of the file.
-    type: str
-  group:
-    description: Group of the file.
-    type: str
 seealso:
   - module: airgap.microshift.image_download
 """
@@ -132,41 +132,19 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_bytes, to_native
 
-from ansible_collections.airgap.microshift.plugins.module_utils._files import write_file
 from ansible_collections.airgap.microshift.plugins.module_utils._authfile import (
-    AuthFileError, dumps, masked, parse_authfile, remove_credentials, set_credentials, validate_registry,
+    AuthFileError, dumps, masked, read_authfile, remove_credentials, set_credentials, validate_registry,
 )
+from ansible_collections.airgap.microshift.plugins.module_utils._files import ensure_file
 
 
 def _read(module, path):
     if not os.path.exists(path):
         return {"auths": {}}, False
-    if not os.path.isfile(path):
-        module.fail_json(msg="%s exists and is not a regular file" % path)
     try:
-        with open(path, "rb") as handle:
-            text = handle.read().decode("utf-8")
-    except (OSError, IOError) as exc:
-        module.fail_json(msg="cannot read %s: %s" % (path, to_native(exc.strerror or exc)))
-    except UnicodeError:
-        module.fail_json(msg="%s is not UTF-8 text; it was left untouched" % path)
-    try:
-        return parse_authfile(text, path), True
+        return read_authfile(path), True
     except AuthFileError as exc:
         module.fail_json(msg=str(exc))
-
-
-def _write(module, path, data):
-    creating = not os.path.exists(path)
-    # atomic_move gives a new file the umask's permissions: keep secrets private until mode is applied
-    old_umask = os.umask(0o077) if creating else None
-    try:
-        write_file(path, to_bytes(dumps(data)), mode=0o600 if creating else None, move=module.atomic_move)
-    except (OSError, IOError) as exc:
-        module.fail_json(msg="cannot write %s: %s" % (path, to_native(exc)))
-    finally:
-        if old_umask is not None:
-            os.umask(old_umask)
 
 
 def main():
@@ -180,10 +158,9 @@ def main():
             state=dict(type="str", choices=["present", "absent"], default="present"),
             create_dir=dict(type="bool", default=False),
             mode=dict(type="raw", default="0600"),
-            owner=dict(type="str"),
-            group=dict(type="str"),
         ),
         required_if=[("state", "present", ("username", "password"))],
+        add_file_common_args=True,
         supports_check_mode=True,
     )
     path = module.params["path"]
@@ -217,14 +194,10 @@ def main():
     if module.params["state"] == "absent" and not exists:
         content_changed = False
     result["diff"] = {"before": masked(data) if exists else {}, "after": masked(new) if (exists or content_changed) else {}}
-    if content_changed:
-        result["changed"] = True
-        if not module.check_mode:
-            _write(module, path, new)
-
-    if os.path.exists(path):
-        file_args = module.load_file_common_arguments(module.params, path=path)
-        result["changed"] = module.set_fs_attributes_if_different(file_args, result["changed"])
+    if (exists or content_changed) and os.path.isdir(directory):
+        # entries are compared decoded: a file that says the same in other words is left as it is
+        written = ensure_file(module, path, to_bytes(dumps(new)) if content_changed else None, what="path")
+        result["changed"] = result["changed"] or written
     module.exit_json(**result)
 
 

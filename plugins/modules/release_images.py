@@ -80,16 +80,21 @@ options:
     type: path
 extends_documentation_fragment:
   - ansible.builtin.files
+  - airgap.microshift.attributes
+  - airgap.microshift.attributes.files
 attributes:
   check_mode:
     support: full
-    description: Computes the list and whether O(dest) would change, without writing it.
+    details: Computes the list and whether O(dest) would change, without writing it.
   diff_mode:
     support: full
-    description: Shows the difference of the O(dest) file.
+    details: Shows the difference of the O(dest) file.
   idempotent:
     support: full
-    description: Reading release files changes nothing; O(dest) is only written when its content differs.
+    details: Reading release files changes nothing; O(dest) is only written when its content differs.
+  safe_file_operations:
+    support: full
+    details: O(dest) is written to a temporary file in its directory, then moved into place.
 requirements:
   - jmespath (only with O(query))
   - zstandard, the zstd command or rpm2cpio (only for RPM packages with a zstd payload)
@@ -242,7 +247,7 @@ from ansible_collections.airgap.microshift.plugins.module_utils._release import 
     render_list,
     warnings_for,
 )
-from ansible_collections.airgap.microshift.plugins.module_utils._files import write_file
+from ansible_collections.airgap.microshift.plugins.module_utils._files import ensure_file
 from ansible_collections.airgap.microshift.plugins.module_utils._rpm import CommandRunner, spawn_process
 
 
@@ -261,27 +266,12 @@ def _read_text(path):
 
 def write_list(module, dest, content):
     """Write ``content`` to ``dest`` when it differs; return ``(changed, diff)``."""
-    if os.path.isdir(dest):
-        module.fail_json(msg="dest %s is a directory, not a file." % dest)
-    directory = os.path.dirname(os.path.abspath(dest))
-    if not os.path.isdir(directory):
-        module.fail_json(msg="The directory %s of dest does not exist." % directory)
     try:
-        before = _read_text(dest)
+        before = None if os.path.isdir(dest) else _read_text(dest)
     except OSError as exc:
         module.fail_json(msg="dest %s cannot be read: %s." % (dest, to_native(exc.strerror or exc)))
-    changed = before != content
     diff = {"before_header": dest, "after_header": dest, "before": before or "", "after": content}
-    if changed and not module.check_mode:
-        try:
-            write_file(os.path.abspath(dest), to_bytes(content),
-                       move=lambda tmp, path: module.atomic_move(tmp, path, unsafe_writes=module.params["unsafe_writes"]))
-        except OSError as exc:
-            module.fail_json(msg="dest %s cannot be written: %s." % (dest, to_native(exc.strerror or exc)))
-    if os.path.exists(dest):
-        file_args = module.load_file_common_arguments(module.params, path=dest)
-        changed = module.set_fs_attributes_if_different(file_args, changed)
-    return changed, diff
+    return ensure_file(module, dest, to_bytes(content), what="dest"), diff
 
 
 def main():

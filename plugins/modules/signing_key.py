@@ -24,7 +24,9 @@ requirements:
   - the Python package C(cryptography) on the host (C(python3-cryptography) on RHEL)
   - the Python package C(pynacl) for O(key_format=sigstore) and O(key_format=cosign)
 extends_documentation_fragment:
+  - ansible.builtin.files
   - airgap.microshift.attributes
+  - airgap.microshift.attributes.files
 attributes:
   check_mode:
     support: full
@@ -34,6 +36,9 @@ attributes:
   idempotent:
     support: full
     details: An existing private key that reads with the passphrase is kept; a second run changes nothing.
+  safe_file_operations:
+    support: full
+    details: A new private key file is never readable by others, not even before its mode is set.
 options:
   path:
     description:
@@ -79,6 +84,7 @@ options:
   mode:
     description:
       - The mode of the private key file.
+      - The other common file options (O(owner), O(group), SELinux context, O(attributes)) apply to both files.
     type: raw
     default: "0600"
   public_key_mode:
@@ -86,14 +92,6 @@ options:
       - The mode of the public key file.
     type: raw
     default: "0644"
-  owner:
-    description:
-      - The owner of both files.
-    type: str
-  group:
-    description:
-      - The group of both files.
-    type: str
 seealso:
   - module: airgap.microshift.image_bundle
 notes:
@@ -157,13 +155,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.airgap.microshift.plugins.module_utils import _signing
-from ansible_collections.airgap.microshift.plugins.module_utils._files import same_content, write_file
-
-
-def _set_attributes(module, path, mode, changed):
-    params = dict(module.params, path=path, mode=mode)
-    file_args = module.load_file_common_arguments(params, path=path)
-    return module.set_fs_attributes_if_different(file_args, changed)
+from ansible_collections.airgap.microshift.plugins.module_utils._files import ensure_file
 
 
 def _absent(module, path, public_path):
@@ -172,15 +164,6 @@ def _absent(module, path, public_path):
         for item in present:
             os.unlink(item)
     module.exit_json(changed=bool(present), path=path, public_key_path=public_path)
-
-
-def _write_private(module, path, data):
-    # A new private key is never readable by others, not even between its creation and its mode.
-    old_umask = os.umask(0o077)
-    try:
-        write_file(path, data, mode=0o600, move=module.atomic_move)
-    finally:
-        os.umask(old_umask)
 
 
 def main():
@@ -195,9 +178,8 @@ def main():
             force=dict(type="bool", default=False),
             mode=dict(type="raw", default="0600"),
             public_key_mode=dict(type="raw", default="0644"),
-            owner=dict(type="str"),
-            group=dict(type="str"),
         ),
+        add_file_common_args=True,
         supports_check_mode=True,
     )
     params = module.params
@@ -224,20 +206,10 @@ def main():
     except _signing.SigningError as exc:
         module.fail_json(msg="%s; the key file was left as it was." % str(exc).rstrip("."))
     public_pem = _signing.public_key_pem(key)
-    changed = generated or not same_content(public_path, public_pem)
     result = dict(path=path, public_key_path=public_path, generated=generated, key_type=_signing.key_type(key),
                   public_key=public_pem.decode("ascii"), fingerprint=_signing.fingerprint(key.public_key()))
-    if module.check_mode:
-        module.exit_json(changed=changed, **result)
-    try:
-        if generated:
-            _write_private(module, path, private_pem)
-        if not same_content(public_path, public_pem):
-            write_file(public_path, public_pem, mode=0o644, move=module.atomic_move)
-    except OSError as exc:
-        module.fail_json(msg="Cannot write the key pair %s: %s." % (path, exc.strerror or exc))
-    changed = _set_attributes(module, path, params["mode"], changed)
-    changed = _set_attributes(module, public_path, params["public_key_mode"], changed)
+    changed = ensure_file(module, path, private_pem if generated else None, what="path")
+    changed = ensure_file(module, public_path, public_pem, what="public_key_path", mode=params["public_key_mode"]) or changed
     module.exit_json(changed=changed, **result)
 
 

@@ -3,9 +3,9 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Synthetic MicroShift releases for the test bed.
 
-A synthetic release has the shape of a real one (the release-info files of a MicroShift version
-under ``shapes/<version>/``): the same component files, keys, registries, repository paths and
-tag refs. Every image is generated: a multi-arch OCI index (amd64 + arm64) over one OCI manifest
+A synthetic release has the shape of a real one (the release-info files of a MicroShift version,
+``tests/unit/fixtures/release/<version>/``, which the unit tests read too): the same component
+files, keys, registries, repository paths and tag refs. Every image is generated: a multi-arch OCI index (amd64 + arm64) over one OCI manifest
 and config per architecture, with layers that are valid ``tar+gzip`` blobs (gzip "stored" blocks
 around a tar holding one file of seeded random bytes, so they stay incompressible, and podman can
 still unpack them). Layers are shared as in RHEL-based product images: a base family shared by
@@ -35,7 +35,8 @@ GENERATOR_VERSION = 1
 DEFAULT_VERSION = "5.0"
 DEFAULT_SEED = 1
 DEFAULT_CACHE_DIR = os.environ.get("AMSB_CACHE_DIR", "/var/tmp/airgap-microshift-sandbox-cache")
-SHAPES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shapes")
+# The release-info files of each version: one copy in the checkout, shared with the unit tests.
+SHAPES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "unit", "fixtures", "release")
 REGISTRIES = ("quay.io", "registry.redhat.io", "registry.access.redhat.com", "ghcr.io")
 ARCHES = (("amd64", "x86_64", None), ("arm64", "aarch64", "v8"))
 

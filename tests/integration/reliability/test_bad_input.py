@@ -249,15 +249,15 @@ CASES = {
                                 "transfer_volume_size": "a lot", "transfer_signing_key": c.bed.keys["private"]}),
         expect=["a lot"], absent=[os.path.join(o, "vol-001")]),
     "download-skopeo-path-missing": lambda c, o: dict(
-        play=_module("image_download", {"images": [c.good_ref], "store": o, "skopeo_path": "/nonexistent/bin/skopeo"}),
-        expect=["skopeo_path", "/nonexistent/bin/skopeo"], absent=[o]),
+        play=_module("image_download", {"images": [c.good_ref], "store": o, "executable": "/nonexistent/bin/skopeo"}),
+        expect=["executable", "/nonexistent/bin/skopeo"], absent=[o]),
     "download-skopeo-not-in-path": lambda c, o: dict(
         play=_module("image_download", {"images": [c.good_ref], "store": o}, environment={"PATH": "/nonexistent"}),
         expect=["skopeo"], absent=[o]),
     "upload-skopeo-path-missing": lambda c, o: dict(
         play=_module("image_upload", {"store": c.ref["store"], "mirror": c.mirror["hostport"], "namespace": "no-skopeo",
                                       "skopeo_path": "/nonexistent/bin/skopeo"}, hosts="airgapped"),
-        expect=["/nonexistent/bin/skopeo"], mirror_absent=[_mirror_repo(c, "no-skopeo")]),
+        expect=["executable", "/nonexistent/bin/skopeo"], mirror_absent=[_mirror_repo(c, "no-skopeo")]),
     "download-authfile-is-a-directory": lambda c, o: dict(
         play=_module("image_download", {"images": [c.good_ref], "store": o, "authfile": c.dir_auth}),
         expect=["authfile", c.dir_auth], absent=[o]),

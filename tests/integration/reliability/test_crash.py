@@ -117,7 +117,7 @@ def test_upload_killed_half_way(calm, reference_store):
     with open(mapping_file, encoding="utf-8") as handle:
         mapping = json.load(handle)
     assert sorted(entry["source"] for entry in mapping) == reference_store["refs"]
-    summary = result.task("Push the images to the mirror registry")["summary"]
+    summary = result.task("Collect the push result")["summary"]
     repositories = set(entry["mirror"].split("@", 1)[0] for entry in mapping)
     tags = _tags_per_digest(bed, repositories)
     duplicates = dict((repo, dict((d, t) for d, t in by.items() if len(t) > 1)) for repo, by in tags.items())

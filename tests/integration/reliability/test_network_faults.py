@@ -140,7 +140,7 @@ def test_upload_absorbs_resets_429_and_503(calm, reference_store):
     finally:
         bed.stop_site_proxy()
     assert result.rc == 0, result
-    upload = result.task("Push the images to the mirror registry")
+    upload = result.task("Collect the push result")
     injected = counters["resets"] + counters["http429"] + counters["http503"]
     assert injected > 0, counters
     assert upload["summary"]["retries"] > 0, upload["summary"]

@@ -49,6 +49,8 @@ def site_run(bed, tmp_path_factory):
         "download_free_space_margin": 0,
         "transfer_media_path": os.path.join(root, "media"), "transfer_media_paths": [os.path.join(root, "media")],
         "transfer_volume_size": "64MiB", "transfer_release": "secrets",
+        # sets are signed on the connected side and checked on the air-gapped side (docs/signing.md)
+        "transfer_signing_key": bed.keys["private"], "transfer_trusted_keys": [bed.keys["public"]],
         "upload_mirror": mirror["hostport"], "upload_authfile": "/var/lib/airgap-microshift/mirror-auth.json",
         "upload_mapping_file": os.path.join(root, "mapping.json"), "upload_namespace": "secrets",
         "airgap_mirror_username": mirror["user"], "airgap_mirror_password": mirror["password"],
@@ -136,14 +138,15 @@ def test_insecure_options_are_opt_in_and_warn(calm, reference_store, tmp_path):
     bed = calm
     ref = reference_store["refs"][0]
     result, task = bed.module("image_download", {"images": [ref], "store": str(tmp_path / "store"), "authfile": bed.state["pull_secret"],
-                                                 "tls_verify": False, "free_space_margin": 0})
+                                                 "validate_certs": False, "free_space_margin": 0})
     assert result.rc == 0, result
-    assert any("tls_verify is false" in w for w in task.get("warnings", [])), task.get("warnings")
+    assert any("validate_certs is false" in w for w in task.get("warnings", [])), task.get("warnings")
     result, task = bed.module("image_upload", {"store": reference_store["store"], "mirror": bed.mirror["hostport"],
                                                "namespace": "insecure", "authfile": bed.mirror["auth_file"], "tls_verify": False,
                                                "images": [ref]}, hosts="airgapped")
     assert result.rc == 0, result
-    assert any("tls_verify=false" in w for w in task.get("warnings", [])), task.get("warnings")
+    # the option's former name still works (an alias) and warns the same way
+    assert any("validate_certs is false" in w for w in task.get("warnings", [])), task.get("warnings")
     result, task = bed.module("registries_conf", {"path": str(tmp_path / "insecure.conf"), "mirror": bed.mirror["hostport"],
                                                   "insecure": True})
     assert result.rc == 0, result

@@ -12,10 +12,11 @@ import subprocess
 import sys
 
 from ansible_collections.airgap.microshift.plugins.plugin_utils import _report
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.release import FIXTURES
 
 COLLECTION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(_report.__file__))))
 COLLECTIONS_PATH = os.path.dirname(os.path.dirname(os.path.dirname(COLLECTION_ROOT)))
-FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "fixtures", "release", "5.0")
+RELEASE_5_0 = os.path.join(FIXTURES, "5.0")
 
 PLAYBOOK = """
 - name: Exercise the report
@@ -59,7 +60,7 @@ def _run_playbook(tmp_path, name, text, **env_extra):
 
 
 def test_report_written_and_free_of_secrets(tmp_path):
-    proc, report_dir = _run_playbook(tmp_path, "report-test.yml", PLAYBOOK.format(fixtures=FIXTURES))
+    proc, report_dir = _run_playbook(tmp_path, "report-test.yml", PLAYBOOK.format(fixtures=RELEASE_5_0))
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Run report:" in proc.stdout
     report = json.loads((report_dir / "latest.json").read_text())

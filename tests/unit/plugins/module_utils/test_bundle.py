@@ -10,7 +10,6 @@ import base64
 import hashlib
 import json
 import os
-import random
 import shutil
 import subprocess
 
@@ -28,9 +27,9 @@ from ansible_collections.airgap.microshift.plugins.module_utils._bundle import (
     verify_message,
 )
 
-# Every set of these tests is signed, as the module signs by default, and checked against the key.
-KEY = _signing.generate_private_key()
-TRUSTED = [KEY.public_key()]
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.stores import (
+    BASE_IMAGES, KEY, MiB, TRUSTED, build_store, bundle_files, store_files, update_store,
+)
 
 
 def pack(*args, **kwargs):
@@ -46,124 +45,6 @@ def verify(*args, **kwargs):
 def unpack(*args, **kwargs):
     kwargs.setdefault("trusted_keys", TRUSTED)
     return _bundle.unpack(*args, **kwargs)
-
-
-MiB = 1024 * 1024
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
-
-
-# ---------------------------------------------------------------- a store per docs/store-format.md
-
-
-def _put_blob(store, index, data):
-    hexdigest = hashlib.sha256(data).hexdigest()
-    path = os.path.join(store, "blobs", "sha256", hexdigest)
-    if not os.path.exists(path):
-        with open(path, "wb") as handle:
-            handle.write(data)
-    index["blobs"]["sha256:" + hexdigest] = len(data)
-    return "sha256:" + hexdigest
-
-
-def add_image(store, index, ref, layer_sizes, seed):
-    """One single-arch OCI image: random layers, a config, a manifest and its layout; returns its digest."""
-    rng = random.Random(seed)
-    os.makedirs(os.path.join(store, "blobs", "sha256"), exist_ok=True)
-    layers = []
-    for size in layer_sizes:
-        data = rng.getrandbits(8 * size).to_bytes(size, "little") if size else b""
-        layers.append({"mediaType": OCI_LAYER, "digest": _put_blob(store, index, data), "size": size})
-    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []},
-                         "seed": seed}).encode()
-    config_desc = {"mediaType": OCI_CONFIG, "digest": _put_blob(store, index, config), "size": len(config)}
-    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config_desc,
-                           "layers": layers}).encode()
-    digest = _put_blob(store, index, manifest)
-    registry, rest = ref.split("/", 1)
-    if "@" in rest:
-        repository, ref_digest = rest.split("@", 1)
-        name = "sha256-" + ref_digest.split(":", 1)[1]
-    else:
-        repository, tag = rest.rsplit(":", 1)
-        name = "tag-" + tag
-    layout = "images/%s/%s/%s" % (registry.replace(":", "_"), repository, name)
-    os.makedirs(os.path.join(store, layout), exist_ok=True)
-    with open(os.path.join(store, layout, "oci-layout"), "w") as handle:
-        json.dump({"imageLayoutVersion": "1.0.0"}, handle)
-    with open(os.path.join(store, layout, "index.json"), "w") as handle:
-        json.dump({"schemaVersion": 2, "mediaType": OCI_INDEX,
-                   "manifests": [{"mediaType": OCI_MANIFEST, "digest": digest, "size": len(manifest)}]}, handle)
-    blobs = [dict(config_desc, media_type=OCI_CONFIG)] + [dict(layer, media_type=OCI_LAYER) for layer in layers]
-    for blob in blobs:
-        blob.pop("mediaType")
-    index["images"][ref] = {
-        "digest": digest,
-        "media_type": OCI_MANIFEST,
-        "manifest_size": len(manifest),
-        "layout": layout,
-        "manifests": [{"digest": digest, "platform": "linux/amd64", "size": len(manifest), "media_type": OCI_MANIFEST,
-                       "blobs": blobs}],
-        "size": len(manifest) + sum(b["size"] for b in blobs),
-        "fetched": "2026-01-01T00:00:00Z",
-    }
-    return digest
-
-
-def write_index(store, index):
-    with open(os.path.join(store, "store.json"), "w") as handle:
-        json.dump(index, handle, indent=2, sort_keys=True)
-
-
-BASE_IMAGES = [
-    ("quay.io/openshift-release-dev/ocp-v4.0-art-dev:router", [300 * 1024, 2 * MiB + 512 * 1024], 1),
-    ("quay.io/openshift-release-dev/ocp-v4.0-art-dev:dns", [700 * 1024, 40 * 1024], 2),
-    ("registry.redhat.io/lvms4/topolvm-rhel9:v4.18", [500 * 1024], 3),
-    ("registry.example.com:5000/team/app:v1", [200 * 1024, 1024, 0], 4),
-]
-
-
-def build_store(path, images=None):
-    os.makedirs(path)
-    index = {"format": 1, "images": {}, "blobs": {}}
-    for ref, sizes, seed in images or BASE_IMAGES:
-        add_image(path, index, ref, sizes, seed)
-    write_index(path, index)
-    return index
-
-
-def update_store(path, index):
-    """A release update: two new images (new tags, new blobs); the old images and blobs stay.
-
-    A store never moves a tag it holds (the air-gapped side refuses to replace an image by another digest).
-    """
-    before = set(index["blobs"])
-    add_image(path, index, "quay.io/openshift-release-dev/ocp-v4.0-art-dev:router-2", [300 * 1024, 1200 * 1024], 11)
-    add_image(path, index, "registry.redhat.io/lvms4/topolvm-rhel9:v4.19", [600 * 1024, 10 * 1024], 13)
-    write_index(path, index)
-    return dict((d, s) for d, s in index["blobs"].items() if d not in before)
-
-
-def store_files(store, parse_index=True):
-    """Every file of a store (relative path -> bytes), store.json parsed unless ``parse_index`` is false."""
-    files = {}
-    for root, _dirs, names in os.walk(store):
-        for name in names:
-            if name == ".store.lock":  # the store's writer lock, not content
-                continue
-            path = os.path.join(root, name)
-            rel = os.path.relpath(path, store)
-            with open(path, "rb") as handle:
-                data = handle.read()
-            files[rel] = json.loads(data) if rel == "store.json" and parse_index else data
-    return files
-
-
-def bundle_files(dest):
-    return sorted(os.path.relpath(os.path.join(root, name), dest)
-                  for root, _dirs, names in os.walk(dest) for name in names)
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E
 from ansible_collections.airgap.microshift.plugins.module_utils import (  # noqa: E402  pylint: disable=wrong-import-position
     _bundle, _download, _rpm, _signing, _store, _strict,
 )
-from ansible_collections.airgap.microshift.tests.unit.plugins.module_utils.test_bundle import (  # noqa: E402  pylint: disable=wrong-import-position
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.stores import (  # noqa: E402  pylint: disable=wrong-import-position
     KEY, TRUSTED, build_store,
 )
 

@@ -21,7 +21,8 @@ from ansible_collections.airgap.microshift.plugins.module_utils._registry import
     credentials_for,
 )
 from ansible_collections.airgap.microshift.plugins.module_utils._upload import Registry
-from ansible_collections.airgap.microshift.tests.unit.plugins.helpers import make_test_ca
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.images import SyntheticImages
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.registry import make_test_ca
 
 SKOPEO = shutil.which("skopeo")
 
@@ -109,7 +110,6 @@ def test_the_upload_check_falls_back_to_skopeo_with_its_message(local_registry, 
 
 @pytest.fixture
 def token_pushed(token_registry, tmp_path):
-    from ansible_collections.airgap.microshift.tests.unit.plugins.conftest import SyntheticImages
     images = SyntheticImages(token_registry, str(tmp_path / "synthetic"), seed="token-%s" % tmp_path.name)
     return images.push("app", "tokens/app", ["amd64", "arm64"], [("base-{arch}", 4096), ("app-{arch}", 2048)])
 

@@ -15,10 +15,9 @@ import pytest
 
 from ansible_collections.airgap.microshift.plugins.module_utils import _release
 from ansible_collections.airgap.microshift.plugins.module_utils._release import ReleaseError, list_images
-from ansible_collections.airgap.microshift.tests.unit.plugins.module_utils.test_rpm import LazyRpms, build_rpm, needs_rpmbuild, release_files, rpm_root
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.release import FIXTURES, LazyRpms, build_rpm, needs_rpmbuild, release_files, rpm_root
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "release")
-VERSIONS = sorted(os.listdir(FIXTURES))
+VERSIONS = sorted(name for name in os.listdir(FIXTURES) if os.path.isdir(os.path.join(FIXTURES, name)))
 RELEASE_FILES = sorted(
     (version, name) for version in VERSIONS for name in os.listdir(os.path.join(FIXTURES, version)) if name.endswith(".json")
 )

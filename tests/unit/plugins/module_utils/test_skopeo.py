@@ -11,8 +11,10 @@ import shutil
 
 import pytest
 
+from ansible_collections.airgap.microshift.plugins.module_utils import _skopeo
 from ansible_collections.airgap.microshift.plugins.module_utils._skopeo import (
-    PERMANENT, TRANSIENT, RegistryOptions, Skopeo, SkopeoError, backoff_delay, classify_error, last_error_line, module_runner,
+    PERMANENT, TRANSIENT, RegistryOptions, Skopeo, SkopeoError, backoff_delay, classify_error, condense, last_error_line,
+    subprocess_runner,
 )
 
 # stderr captured from skopeo 1.9.3 against docker-registry 2.8.2 on loopback (and a stub
@@ -104,7 +106,7 @@ def test_copy_argv_has_no_secret_and_expected_flags():
     assert not any("creds" in a or "password" in a for a in argv)
 
 
-class ScriptedRunner(object):
+class ScriptedRunner:
     """Replays (rc, stderr) answers; stands in for the network failures a registry rarely gives on demand."""
 
     def __init__(self, answers):
@@ -196,12 +198,90 @@ def test_real_skopeo_connection_refused_is_transient_and_retried(tmp_path):
     assert "connection refused" in err.value.message
 
 
-def test_module_runner_keeps_output_written_as_the_process_exits():
+def test_runner_keeps_output_written_as_the_process_exits():
     # AnsibleModule.run_command drops output a process writes right as its one-second select
     # times out (then the process has exited): the runner must read the pipes to their end.
     from concurrent.futures import ThreadPoolExecutor
-    run = module_runner(module=None)
     argv = ["sh", "-c", 'sleep 0.999; printf "%s" "$PAYLOAD"; printf oops >&2; exit 3']
     with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(lambda dummy: run(argv, env={"PAYLOAD": "manifest"}), range(16)))
+        results = list(pool.map(lambda dummy: subprocess_runner(argv, env={"PAYLOAD": "manifest"}), range(16)))
     assert results == [(3, b"manifest", "oops")] * 16
+
+
+# A push of a store whose layer was changed on disk (same size), as skopeo 1.9.3 reports it: the
+# upload URL carries a long _state token that used to push the cause out of the message.
+CORRUPT_PUSH = (
+    'time="2026-12-03T18:04:15Z" level=fatal msg="writing blob: Patch \\"http://127.0.0.1:5599/v2/a/b/blobs/uploads/'
+    '8448162e-6573-40b8-b955-0ed21327d721?_state=1cYdweCpssn4ziCGIAjNObSB4N9ZY-ZGsyCZP870BBV7Ik5hbWUiOiJhL2IiLCJVVUlEIjoiODQ0ODE2MmUt'
+    'NjU3My00MGI4LWI5NTUtMGVkMjEzMjdkNzIxIiwiT2Zmc2V0IjowLCJTdGFydGVkQXQiOiIyMDI2LTEyLTAzVDE4OjA0OjE1LjUxMjY0OTIzWiJ9\\": '
+    'happened during read: Digest did not match, expected sha256:7e2833008a7e4f44a533dac5943a74b5f3a5d4bb6d42d7446ecf20a6ed352fc0, '
+    'got sha256:81010816d720af1f5d4d8f3c543db60c796772f4ced0ce6d33395a7871deda1e"')
+
+
+def test_a_corrupt_blob_is_named_with_its_digest_and_no_token():
+    kind, cause = classify_error(CORRUPT_PUSH)
+    assert kind == PERMANENT
+    assert cause == ("blob sha256:7e2833008a7e4f44a533dac5943a74b5f3a5d4bb6d42d7446ecf20a6ed352fc0 does not match its digest "
+                     "(its content hashes to sha256:81010816d720af1f5d4d8f3c543db60c796772f4ced0ce6d33395a7871deda1e)")
+    detail = last_error_line(CORRUPT_PUSH)
+    assert "_state" not in detail and "?" not in detail
+    assert "http://127.0.0.1:5599/v2/a/b/blobs/uploads/8448162e..." in detail
+    assert detail.endswith("got sha256:81010816d720af1f5d4d8f3c543db60c796772f4ced0ce6d33395a7871deda1e")
+    # the registry's own word for it (a push whose digest the registry computed differently)
+    assert classify_error("digest invalid: provided digest did not match uploaded content") == (PERMANENT, "a blob does not match its digest")
+
+
+def test_condense_keeps_the_cause_at_the_end():
+    text = "copying: " + "x" * 600 + ": the cause"
+    short = condense(text, 100)
+    assert len(short) <= 100 and short.startswith("copying: ") and short.endswith(": the cause") and " ... " in short
+    assert condense("GET https://r.example/v2/token?scope=repository:a:pull&account=me#x: 401") == "GET https://r.example/v2/token: 401"
+
+
+def _params(**extra):
+    params = dict((name, spec.get("default")) for name, spec in _skopeo.argument_spec().items())
+    params.update(extra)
+    return params
+
+
+def test_the_option_family_and_its_names():
+    spec = _skopeo.argument_spec(retries=5)
+    assert spec["retries"]["default"] == 5
+    assert spec["validate_certs"]["aliases"] == ["tls_verify"] and spec["executable"]["aliases"] == ["skopeo_path"]
+    assert spec["authfile"]["no_log"] is False
+    assert "validate_certs" not in _skopeo.argument_spec(validate_certs=False)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"parallel": 0}, "Option parallel must be 1 or more, not 0."),
+    ({"retries": -1}, "Option retries must be 0 or more, not -1."),
+    ({"retry_delay": -0.5}, "Option retry_delay must be 0 or more, not -0.5."),
+    ({"authfile": "/nonexistent/auth.json"}, "Option authfile names /nonexistent/auth.json, which does not exist or is not a file."),
+    ({"cert_dir": "/nonexistent/certs"}, "Option cert_dir names /nonexistent/certs, which does not exist or is not a directory."),
+])
+def test_option_errors_are_worded_alike(extra, message):
+    assert _skopeo.option_problem(_params(**extra)) == message
+
+
+def _fake_skopeo(tmp_path, version_line):
+    path = tmp_path / "skopeo"
+    path.write_text("#!/bin/sh\necho '%s'\n" % version_line)
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_locate_checks_the_version_once_in_one_place(tmp_path):
+    assert _skopeo.locate(_params(executable=_fake_skopeo(tmp_path, "skopeo version 1.18.0")), None) == str(tmp_path / "skopeo")
+    with pytest.raises(_skopeo.OptionError, match=r"^skopeo 1\.8\.2 at .* is older than 1\.9"):
+        _skopeo.locate(_params(executable=_fake_skopeo(tmp_path, "skopeo version 1.8.2 commit: abc")), None)
+    with pytest.raises(_skopeo.OptionError, match="does not tell its version"):
+        _skopeo.locate(_params(executable=_fake_skopeo(tmp_path, "hello")), None)
+    with pytest.raises(_skopeo.OptionError, match="^Option executable names /nonexistent/skopeo, which is not an executable file"):
+        _skopeo.locate(_params(executable="/nonexistent/skopeo"), None)
+    with pytest.raises(_skopeo.OptionError, match="not found in PATH; install the skopeo package"):
+        _skopeo.locate(_params(), lambda name: None)
+
+
+@pytest.mark.skipif(not shutil.which("skopeo"), reason="needs skopeo (the test command installs it)")
+def test_the_real_skopeo_is_recent_enough():
+    assert _skopeo.version(shutil.which("skopeo")) >= _skopeo.MIN_VERSION

@@ -14,8 +14,8 @@ import pytest
 
 
 from ansible_collections.airgap.microshift.plugins.modules import image_bundle, signing_key
-from ansible_collections.airgap.microshift.tests.unit.plugins.helpers import run_main, warning_texts
-from ansible_collections.airgap.microshift.tests.unit.plugins.module_utils.test_bundle import build_store, store_files, update_store
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.modules import run_main, warning_texts
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.stores import build_store, store_files, update_store
 
 PASSPHRASE = "correct horse battery staple"
 
@@ -152,3 +152,16 @@ def test_wrong_passphrase_writes_nothing(capsys, store, tmp_path, keys):
                                  "signing_key_passphrase": "n0t-the-r1ght-0ne"})
     assert result["failed"] is True and keys["private"] in result["msg"] and "passphrase" in result["msg"]
     assert "n0t-the-r1ght-0ne" not in json.dumps(result) and not os.path.exists(media)
+
+
+def test_part_size_without_volume_size_writes_one_volume(capsys, store, tmp_path, keys):
+    # "When omitted, the set is one volume" (volume_size): splitting blobs into parts must not add one.
+    media = str(tmp_path / "media")
+    packed = run_module(capsys, {"state": "pack", "store": store, "dest": media, "part_size": "256KiB"}, keys=keys)
+    assert packed["volume_count"] == 1 and sorted(os.listdir(media)) == ["vol-001"]
+    assert packed["parts"] > 0
+    assert all(os.path.getsize(os.path.join(root, name)) <= 256 * 1024
+               for root, dummy, names in os.walk(media) for name in names)
+    site = str(tmp_path / "site")
+    unpacked = run_module(capsys, {"state": "unpack", "src": [media], "store": site}, keys=keys)
+    assert unpacked["changed"] and store_files(site) == store_files(store)

@@ -11,12 +11,13 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 
 from ansible_collections.airgap.microshift.plugins.module_utils import _progress as progress
 from ansible_collections.airgap.microshift.plugins.module_utils import _store as store_mod
 from ansible_collections.airgap.microshift.plugins.modules import image_download
-from ansible_collections.airgap.microshift.tests.unit.plugins.helpers import run_main
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.modules import run_main
 
 SKOPEO = shutil.which("skopeo")
 
@@ -172,12 +173,33 @@ def test_free_space_failure_writes_nothing(local_registry, synthetic_images, tmp
     assert not os.path.exists(store)
 
 
+def test_the_default_store_path_on_a_fresh_host(local_registry, synthetic_images, tmp_path, capsys):
+    # The role's default, /var/lib/airgap-microshift/store, under a root where not even var/ exists yet.
+    image = synthetic_images.push("fresh", "dl-fresh/fresh", ["amd64"], [("f1", 4096)])
+    root = tmp_path / "fresh-host"
+    root.mkdir()
+    store = str(root / "var" / "lib" / "airgap-microshift" / "store")
+    failed, planned = run_module(capsys, _args(local_registry, store, [image["ref"]]), check_mode=True)
+    assert not failed and planned["changed"] and os.listdir(str(root)) == []
+    failed, result = run_module(capsys, _args(local_registry, store, [image["ref"]]))
+    assert not failed, result.get("msg")
+    assert result["images"][0]["status"] == "fetched" and _store_files(store) == image["blobs"]
+    modes = dict((path, stat.S_IMODE(os.stat(str(root / path)).st_mode))
+                 for path in ("var", "var/lib", "var/lib/airgap-microshift", "var/lib/airgap-microshift/store"))
+    assert modes == {"var": 0o755, "var/lib": 0o755, "var/lib/airgap-microshift": 0o755, "var/lib/airgap-microshift/store": 0o750}
+    # a parent that is a file is named, and nothing is made
+    (root / "blocked").write_text("")
+    failed, result = run_module(capsys, _args(local_registry, str(root / "blocked" / "store"), [image["ref"]]))
+    assert failed and result["msg"] == "Option store names %s, which cannot be created: %s is not a directory." % (
+        root / "blocked" / "store", root / "blocked")
+
+
 def test_bad_reference_and_missing_skopeo_fail_clearly(local_registry, tmp_path, capsys):
     failed, result = run_module(capsys, _args(local_registry, str(tmp_path / "s"), ["not a ref"]))
-    assert failed and result["msg"].startswith("images: ")
+    assert failed and result["msg"].startswith("Option images: ")
     failed, result = run_module(capsys, _args(local_registry, str(tmp_path / "s"), ["quay.io/a/b:1"],
                                               skopeo_path=str(tmp_path / "nope")))
-    assert failed and "skopeo_path" in result["msg"]
+    assert failed and result["msg"] == "Option executable names %s, which is not an executable file." % (tmp_path / "nope")
     # skopeo would read everything after the ':' of oci:<path>:<ref> as the image name.
     failed, result = run_module(capsys, _args(local_registry, str(tmp_path / "a:b"), ["quay.io/a/b:1"]))
     assert failed and "contains ':'" in result["msg"] and not os.path.exists(str(tmp_path / "a:b"))

@@ -13,7 +13,7 @@ import pytest
 
 from ansible_collections.airgap.microshift.plugins.module_utils import _store as store_mod
 from ansible_collections.airgap.microshift.plugins.modules import image_download, image_store_info
-from ansible_collections.airgap.microshift.tests.unit.plugins.helpers import run_main
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.modules import run_main
 
 
 def _run(module, capsys, args, check_mode=False):

@@ -13,329 +13,52 @@ own repository prefix with its own random blobs, so tests do not see each other'
 
 from __future__ import annotations
 
-import base64
-import gzip
 import hashlib
 import importlib.util
-import io
 import json
 import os
 import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import tarfile
-import time
 
 import pytest
 
 
 from ansible_collections.airgap.microshift.plugins.modules import image_upload
-from ansible_collections.airgap.microshift.tests.unit.plugins.helpers import (
-    die_with_parent,
-    free_port,
-    make_server_cert,
-    make_test_ca,
-    run_main,
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.images import SyntheticImages
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.modules import run_main
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.processes import run as _run
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.registry import (
+    NEEDS_TOOLS, REGISTRY_TOOLS, SKOPEO, LocalRegistry,
 )
 
-SKOPEO = shutil.which("skopeo")
-REGISTRY = shutil.which("docker-registry") or shutil.which("registry")
-OPENSSL = shutil.which("openssl")
-HTPASSWD = shutil.which("htpasswd")
+pytestmark = pytest.mark.skipif(not REGISTRY_TOOLS, reason=NEEDS_TOOLS)
 
-pytestmark = pytest.mark.skipif(
-    not (SKOPEO and REGISTRY and OPENSSL and HTPASSWD),
-    reason="needs skopeo, docker-registry, openssl and htpasswd (the test command installs them)",
-)
-
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 TIMESTAMP_TAG = re.compile(r"^mirror-[0-9]{12}-[0-9]+$")
-
-
-# --------------------------------------------------------------------------- registries
-
-def _wait_listening(port, process, log_path):
-    for dummy in range(200):
-        if process.poll() is not None:
-            with open(log_path) as handle:
-                raise RuntimeError("registry exited: %s" % handle.read()[-2000:])
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("registry on port %d did not start" % port)
-
-
-def _run(args, **kwargs):
-    result = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False, **kwargs)
-    if result.returncode != 0:
-        raise AssertionError("%s failed (%d): %s" % (" ".join(args), result.returncode, result.stderr[-2000:]))
-    return result.stdout
-
-
-class UploadRegistries:
-    """A TLS + htpasswd mirror and a plain HTTP source registry on loopback."""
-
-    def __init__(self, base):
-        self.base = base
-        self.processes = []
-        self.cert_dir = os.path.join(base, "certs")
-        self.authfile = os.path.join(base, "auth.json")
-        self.bad_authfile = os.path.join(base, "bad-auth.json")
-
-    def start(self):
-        pki = os.path.join(self.base, "pki")
-        os.makedirs(pki)
-        os.makedirs(self.cert_dir)
-        ca = make_test_ca(pki, cn="upload test CA")
-        make_server_cert(pki, ca)
-        shutil.copy(os.path.join(pki, "ca.crt"), os.path.join(self.cert_dir, "ca.crt"))
-        with open(os.path.join(pki, "htpasswd"), "w") as handle:
-            handle.write(_run([HTPASSWD, "-Bbn", "mirroruser", "mirrorpass"]))
-
-        mirror_port = free_port()
-        self.mirror = "127.0.0.1:%d" % mirror_port
-        self.mirror_log = os.path.join(self.base, "mirror.log")
-        self.mirror_data = os.path.join(self.base, "mirror-data")
-        self._serve("mirror", mirror_port, self.mirror_log, self.mirror_data, [
-            "  tls:",
-            "    certificate: %s" % os.path.join(pki, "server.crt"),
-            "    key: %s" % os.path.join(pki, "server.key"),
-            "auth:",
-            "  htpasswd:",
-            "    realm: upload-test",
-            "    path: %s" % os.path.join(pki, "htpasswd"),
-        ])
-        source_port = free_port()
-        self.source = "127.0.0.1:%d" % source_port
-        self._serve("source", source_port, os.path.join(self.base, "source.log"), os.path.join(self.base, "source-data"), [])
-
-        for path, password in ((self.authfile, "mirrorpass"), (self.bad_authfile, "wrong-password")):
-            token = base64.b64encode(("mirroruser:%s" % password).encode()).decode()
-            with open(path, "w") as handle:
-                json.dump({"auths": {self.mirror: {"auth": token}}}, handle)
-
-    def _serve(self, name, port, log_path, data, extra):
-        config = os.path.join(self.base, "%s.yml" % name)
-        with open(config, "w") as handle:
-            handle.write("\n".join([
-                "version: 0.1",
-                "log:",
-                "  level: info",
-                "  accesslog:",
-                "    disabled: false",
-                "storage:",
-                "  filesystem:",
-                "    rootdirectory: %s" % data,
-                "http:",
-                "  addr: 127.0.0.1:%d" % port,
-                "  secret: upload-test-%s" % name,
-            ] + extra) + "\n")
-        log = open(log_path, "w")
-        process = subprocess.Popen([REGISTRY, "serve", config], stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
-        log.close()
-        self.processes.append(process)
-        _wait_listening(port, process, log_path)
-
-    def stop(self):
-        for process in self.processes:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-    # ---- what the mirror serves
-
-    def _access(self):
-        return ["--authfile", self.authfile, "--cert-dir", self.cert_dir]
-
-    def manifest(self, repository, digest):
-        """The manifest bytes the mirror serves for repository@digest, or None."""
-        result = subprocess.run([SKOPEO, "inspect", "--raw"] + self._access() + ["docker://%s@%s" % (repository, digest)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
-        return result.stdout if result.returncode == 0 else None
-
-    def tags(self, repository):
-        result = subprocess.run([SKOPEO, "list-tags"] + self._access() + ["docker://%s" % repository],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
-        if result.returncode != 0:
-            assert "404" in result.stderr or "unknown" in result.stderr, result.stderr
-            return []
-        return sorted(json.loads(result.stdout)["Tags"] or [])
-
-    def log_size(self):
-        return os.path.getsize(self.mirror_log)
-
-    def requests_since(self, offset):
-        """``(method, path)`` of every request the mirror logged after ``offset``."""
-        with open(self.mirror_log) as handle:
-            handle.seek(offset)
-            text = handle.read()
-        return re.findall(r'"(GET|HEAD|POST|PUT|PATCH|DELETE) (/v2/[^ "]*) HTTP', text)
 
 
 @pytest.fixture(scope="module")
 def upload_registry(tmp_path_factory):
-    registries = UploadRegistries(str(tmp_path_factory.mktemp("upload-registries")))
+    """The mirror (TLS + htpasswd), with ``source`` (a plain HTTP registry the images come from) and
+    ``bad_authfile`` (a wrong password for the mirror)."""
+    base = str(tmp_path_factory.mktemp("upload-registries"))
+    mirror = LocalRegistry(os.path.join(base, "mirror"), username="mirroruser", password="mirrorpass")
+    mirror.source = LocalRegistry(os.path.join(base, "source"), auth=None, tls=False)
     try:
-        registries.start()
-    except Exception:
-        registries.stop()
-        raise
-    yield registries
-    registries.stop()
-
-
-# --------------------------------------------------------------------------- images
-
-class ImageSet:
-    """Generated images, pushed to the source registry under ``<source>/<prefix>/<name>``."""
-
-    def __init__(self, registries, work, prefix):
-        self.registries = registries
-        self.work = work
-        self.prefix = prefix
-        self.layers = {}
-        self.blob_sizes = {}
-        self.refs = {}  # name -> source ref
-
-    def _blob(self, layout, data):
-        digest = hashlib.sha256(data).hexdigest()
-        directory = os.path.join(layout, "blobs", "sha256")
-        if not os.path.isdir(directory):
-            os.makedirs(directory)
-        with open(os.path.join(directory, digest), "wb") as handle:
-            handle.write(data)
-        self.blob_sizes["sha256:" + digest] = len(data)
-        return {"digest": "sha256:" + digest, "size": len(data)}
-
-    def _layer(self, key, size):
-        if key not in self.layers:
-            rnd = random.Random("%s/%s/%d" % (self.prefix, key, os.getpid()))
-            payload = bytes(bytearray(rnd.getrandbits(8) for dummy in range(size)))
-            tarred = io.BytesIO()
-            with tarfile.open(fileobj=tarred, mode="w") as tar:
-                info = tarfile.TarInfo("data/%s" % key)
-                info.size = len(payload)
-                tar.addfile(info, io.BytesIO(payload))
-            raw = tarred.getvalue()
-            self.layers[key] = (gzip.compress(raw, mtime=0), "sha256:" + hashlib.sha256(raw).hexdigest())
-        return self.layers[key]
-
-    def _manifest(self, layout, arch, layers):
-        descriptors, diff_ids = [], []
-        for key, size in layers:
-            compressed, diff_id = self._layer(key, size)
-            descriptors.append(dict(self._blob(layout, compressed), mediaType=OCI_LAYER))
-            diff_ids.append(diff_id)
-        config = json.dumps({"architecture": arch, "os": "linux", "config": {"Labels": {"set": self.prefix}},
-                             "rootfs": {"type": "layers", "diff_ids": diff_ids}}, sort_keys=True).encode()
-        manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                               "config": dict(self._blob(layout, config), mediaType=OCI_CONFIG),
-                               "layers": descriptors}).encode()
-        return dict(self._blob(layout, manifest), mediaType=OCI_MANIFEST, platform={"architecture": arch, "os": "linux"})
-
-    def add(self, name, arches, layers, by="digest", tag="v1"):
-        """Generate image ``name`` (an index when several ``arches``), push it, and record its ref."""
-        layout = os.path.join(self.work, "generated", name)
-        os.makedirs(layout)
-        manifests = [self._manifest(layout, arch, layers + [("%s-%s" % (name, arch), 20000)]) for arch in arches]
-        if len(manifests) == 1:
-            top = dict(manifests[0])
-            top.pop("platform")
-        else:
-            index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}).encode()
-            top = dict(self._blob(layout, index), mediaType=OCI_INDEX)
-        with open(os.path.join(layout, "oci-layout"), "w") as handle:
-            json.dump({"imageLayoutVersion": "1.0.0"}, handle)
-        with open(os.path.join(layout, "index.json"), "w") as handle:
-            json.dump({"schemaVersion": 2, "manifests": [top]}, handle)
-        repository = "%s/%s/%s" % (self.registries.source, self.prefix, name)
-        _run([SKOPEO, "copy", "--quiet", "--all", "--preserve-digests", "--dest-tls-verify=false",
-              "oci:%s" % layout, "docker://%s:%s" % (repository, tag)])
-        if by == "digest":
-            ref = "%s@%s" % (repository, top["digest"])
-        elif by == "both":
-            ref = "%s:%s@%s" % (repository, tag, top["digest"])
-        else:
-            ref = "%s:%s" % (repository, tag)
-        self.refs[name] = ref
-        return ref, top["digest"]
-
-    def digest(self, name):
-        return self.store_index["images"][self.refs[name]]["digest"] if hasattr(self, "store_index") else None
-
-    def build_store(self, store):
-        """Copy every image into an image store laid out as docs/store-format.md describes."""
-        blobs = os.path.join(store, "blobs")
-        os.makedirs(blobs)
-        images = {}
-        for name in sorted(self.refs):
-            ref = self.refs[name]
-            registry, rest = ref.split("/", 1)
-            repository = re.split(r"[:@]", rest, maxsplit=1)[0]
-            leaf = "sha256-" + ref.rsplit(":", 1)[1] if "@" in ref else "tag-" + ref.rsplit(":", 1)[1]
-            layout = os.path.join("images", registry.replace(":", "_"), repository, leaf)
-            os.makedirs(os.path.join(store, layout))
-            # skopeo cannot fetch a reference with both a tag and a digest: the digest is what counts.
-            fetch = "%s/%s@%s" % (registry, repository, ref.rsplit("@", 1)[1]) if "@" in ref else ref
-            _run([SKOPEO, "copy", "--quiet", "--all", "--preserve-digests", "--src-tls-verify=false",
-                  "--dest-shared-blob-dir", blobs, "docker://%s" % fetch, "oci:%s" % os.path.join(store, layout)])
-            with open(os.path.join(store, layout, "index.json")) as handle:
-                top = json.load(handle)["manifests"][0]
-            images[ref] = self._store_entry(store, layout, top)
-        blob_sizes = {}
-        for name in os.listdir(os.path.join(blobs, "sha256")):
-            blob_sizes["sha256:" + name] = os.path.getsize(os.path.join(blobs, "sha256", name))
-        self.store_index = {"format": 1, "images": images, "blobs": blob_sizes}
-        with open(os.path.join(store, "store.json"), "w") as handle:
-            json.dump(self.store_index, handle, indent=2, sort_keys=True)
-        return store
-
-    @staticmethod
-    def _store_entry(store, layout, top):
-        def read(digest):
-            with open(os.path.join(store, "blobs", "sha256", digest.split(":")[1]), "rb") as handle:
-                return json.loads(handle.read().decode())
-
-        document = read(top["digest"])
-        children = document.get("manifests") or [dict(top, platform={"os": "linux", "architecture": "amd64"})]
-        manifests = []
-        size = top["size"]
-        for child in children:
-            manifest = read(child["digest"]) if child is not top else document
-            blobs = [{"digest": d["digest"], "size": d["size"], "media_type": d["mediaType"]}
-                     for d in [manifest["config"]] + manifest["layers"]]
-            platform = child.get("platform") or {}
-            manifests.append({"digest": child["digest"], "size": child["size"], "blobs": blobs,
-                              "platform": "%s/%s" % (platform.get("os"), platform.get("architecture"))})
-            size += sum(b["size"] for b in blobs) + (child["size"] if child["digest"] != top["digest"] else 0)
-        return {"digest": top["digest"], "media_type": top["mediaType"], "manifest_size": top["size"], "layout": layout,
-                "manifests": manifests,
-                "size": size, "fetched": "2026-01-01T00:00:00Z"}
-
-    def build_dir_tree(self, root):
-        """What the manual procedure's download loop makes: ``<root>/<ref without registry>`` via ``dir:``."""
-        for name in sorted(self.refs):
-            ref = self.refs[name]
-            path = os.path.join(root, ref.split("/", 1)[1])
-            os.makedirs(path)
-            _run([SKOPEO, "copy", "--all", "--quiet", "--preserve-digests", "--src-tls-verify=false",
-                  "docker://%s" % ref, "dir://%s" % path])
-        return root
+        mirror.start()
+        mirror.source.start()
+        mirror.bad_authfile = mirror.write_authfile(os.path.join(base, "bad-auth.json"), "wrong-password")
+        yield mirror
+    finally:
+        mirror.source.stop()
+        mirror.stop()
 
 
 def _image_set(registries, tmp_path, prefix):
-    return ImageSet(registries, str(tmp_path), "%s-%d" % (prefix, random.SystemRandom().randint(0, 10 ** 9)))
+    unique = "%s-%d" % (prefix, random.SystemRandom().randint(0, 10 ** 9))
+    return SyntheticImages(registries.source, str(tmp_path), seed=unique, prefix=unique)
 
 
 def _small_set(registries, tmp_path, prefix):
@@ -356,7 +79,7 @@ def run_module(capsys, args, check_mode=False):
 
 
 def _args(registries, store, **extra):
-    args = {"store": store, "mirror": registries.mirror, "authfile": registries.authfile, "cert_dir": registries.cert_dir,
+    args = {"store": store, "mirror": registries.host, "authfile": registries.authfile, "cert_dir": registries.cert_dir,
             "retry_delay": 0.2}
     args.update(extra)
     return args
@@ -368,30 +91,24 @@ def _assert_served_identically(registries, store_index, store, mapping):
         repository, digest = entry["mirror"].split("@")
         stored = store_index["images"][entry["source"]]
         assert digest == stored["digest"]
-        assert registries.manifest(repository, digest) is not None, entry
+        assert registries.served(repository, digest) is not None, entry
         for manifest in stored["manifests"]:
-            body = registries.manifest(repository, manifest["digest"])
+            body = registries.served(repository, manifest["digest"])
             assert body is not None and "sha256:" + hashlib.sha256(body).hexdigest() == manifest["digest"]
 
-
-def _mirror_writes(requests):
-    return [(method, path) for method, path in requests if method in ("POST", "PUT", "PATCH", "DELETE")]
-
-
-# --------------------------------------------------------------------------- tests
 
 def test_store_upload_check_apply_apply_check(upload_registry, tmp_path, capsys):
     images = _small_set(upload_registry, tmp_path, "rhythm")
     store = images.build_store(str(tmp_path / "store"))
     mapping_file = str(tmp_path / "mapping.json")
     args = _args(upload_registry, store, mapping_file=mapping_file)
-    prefix = "%s/%s" % (upload_registry.mirror, images.prefix)
+    prefix = "%s/%s" % (upload_registry.host, images.prefix)
 
     # Check mode: a plan with tags, and no write of any kind to the registry.
-    offset = upload_registry.log_size()
+    offset = upload_registry.log_offset()
     failed, planned = run_module(capsys, args, check_mode=True)
     assert not failed and planned["changed"]
-    assert _mirror_writes(upload_registry.requests_since(offset)) == []
+    assert upload_registry.writes_since(offset) == []
     assert not os.path.exists(mapping_file)
     assert [entry["status"] for entry in planned["mapping"]] == ["pushed"] * 3
     planned_tags = [entry["tag"] for entry in planned["mapping"]]
@@ -434,12 +151,12 @@ def test_store_upload_check_apply_apply_check(upload_registry, tmp_path, capsys)
     assert compared == 5  # the shared base layer, and an own layer and a config per architecture
 
     # Apply again: nothing pushed, no new tag, no registry write.
-    offset = upload_registry.log_size()
+    offset = upload_registry.log_offset()
     failed, again = run_module(capsys, args)
     assert not failed and not again["changed"]
     assert [entry["status"] for entry in again["mapping"]] == ["skipped"] * 3
     assert [entry["tag"] for entry in again["mapping"]] == [None] * 3
-    assert _mirror_writes(upload_registry.requests_since(offset)) == []
+    assert upload_registry.writes_since(offset) == []
     for entry in mapping:
         name = entry["source"].split("/")[2].split(":")[0].split("@")[0]
         assert upload_registry.tags("%s/%s" % (prefix, name)) == [entry["tag"]]
@@ -469,7 +186,7 @@ def test_tag_policies(upload_registry, tmp_path, capsys, policy):
     assert tags == expected
     for entry in result["mapping"]:
         repository, digest = entry["mirror"].split("@")
-        assert upload_registry.manifest(repository, digest) is not None
+        assert upload_registry.served(repository, digest) is not None
         assert upload_registry.tags(repository) == ([entry["tag"]] if entry["tag"] else [])
 
     # A digest policy is idempotent in tags too: the second run skips everything.
@@ -486,11 +203,11 @@ def test_namespace_and_images_filter(upload_registry, tmp_path, capsys):
     assert [entry["source"] for entry in result["mapping"]] == sorted(wanted)
     for entry in result["mapping"]:
         repository, digest = entry["mirror"].split("@")
-        assert repository.startswith("%s/edge/site1/%s/" % (upload_registry.mirror, images.prefix))
-        assert upload_registry.manifest(repository, digest) is not None
+        assert repository.startswith("%s/edge/site1/%s/" % (upload_registry.host, images.prefix))
+        assert upload_registry.served(repository, digest) is not None
         # Nothing lands outside the namespace.
-        assert upload_registry.manifest(repository.replace("/edge/site1", ""), digest) is None
-    assert upload_registry.tags("%s/edge/site1/%s/tool" % (upload_registry.mirror, images.prefix)) == []
+        assert upload_registry.served(repository.replace("/edge/site1", ""), digest) is None
+    assert upload_registry.tags("%s/edge/site1/%s/tool" % (upload_registry.host, images.prefix)) == []
 
     failed, result = run_module(capsys, _args(upload_registry, store, images=["quay.io/not/there:1"]))
     assert failed and "quay.io/not/there:1" in result["msg"]
@@ -508,7 +225,7 @@ def test_dir_tree_from_the_manual_procedure(upload_registry, tmp_path, capsys):
     assert result["source_format"] == "dir"
     by_source = dict((entry["source"], entry) for entry in result["mapping"])
     assert sorted(by_source) == sorted(ref.split("/", 1)[1] for ref in images.refs.values())
-    translated = [dict(entry, source="%s/%s" % (upload_registry.source, entry["source"])) for entry in result["mapping"]]
+    translated = [dict(entry, source="%s/%s" % (upload_registry.source.host, entry["source"])) for entry in result["mapping"]]
     _assert_served_identically(upload_registry, images.store_index, store, translated)
     assert by_source[images.refs["tool"].split("/", 1)[1]]["tag"] == "1.2"
 
@@ -521,7 +238,7 @@ def test_wrong_password_fails_at_once_naming_the_image(upload_registry, tmp_path
     images = _image_set(upload_registry, tmp_path, "badauth")
     ref, dummy = images.add("only", ["amd64"], [("base", 10000)])
     store = images.build_store(str(tmp_path / "store"))
-    offset = upload_registry.log_size()
+    offset = upload_registry.log_offset()
     args = _args(upload_registry, store, authfile=upload_registry.bad_authfile, retries=5, retry_delay=30,
                  mapping_file=str(tmp_path / "mapping.json"))
     failed, result = run_module(capsys, args)
@@ -529,7 +246,7 @@ def test_wrong_password_fails_at_once_naming_the_image(upload_registry, tmp_path
     assert ref in result["msg"] and "unauthorized" in result["msg"].lower()
     assert "attempts" not in result["msg"]
     assert [entry["status"] for entry in result["mapping"]] == ["failed"]
-    assert _mirror_writes(upload_registry.requests_since(offset)) == []
+    assert upload_registry.writes_since(offset) == []
     with open(str(tmp_path / "mapping.json")) as handle:
         assert json.load(handle)[0]["status"] == "failed"
 
@@ -554,10 +271,10 @@ def test_verify_lists_manifests_the_mirror_does_not_serve(upload_registry, tmp_p
     repository = entry["mirror"].split("@")[0]
     arm64 = [m["digest"] for m in images.store_index["images"][entry["source"]]["manifests"] if m["platform"] == "linux/arm64"][0]
     # Make the registry forget one per-arch manifest (as a partial garbage collection would).
-    link = os.path.join(upload_registry.mirror_data, "docker", "registry", "v2", "repositories",
+    link = os.path.join(upload_registry.data_dir, "docker", "registry", "v2", "repositories",
                         repository.split("/", 1)[1], "_manifests", "revisions", "sha256", arm64[7:])
     shutil.rmtree(link)
-    assert upload_registry.manifest(repository, arm64) is None
+    assert upload_registry.served(repository, arm64) is None
 
     # A rerun trusts the top-level digest of images already there...
     failed, result = run_module(capsys, _args(upload_registry, store))
@@ -576,7 +293,7 @@ def test_shared_blobs_are_sent_once_with_parallel_pushes(upload_registry, tmp_pa
         layers = [("base", 400000)] + ([("middle", 200000)] if number % 2 else [])
         images.add("img%d" % number, ["amd64", "arm64"] if number < 4 else ["amd64"], layers)
     store = images.build_store(str(tmp_path / "store"))
-    offset = upload_registry.log_size()
+    offset = upload_registry.log_offset()
     failed, result = run_module(capsys, _args(upload_registry, store, parallel=4))
     assert not failed, result["msg"]
     assert result["summary"]["pushed"] == 8
@@ -601,14 +318,66 @@ def test_shared_blobs_are_sent_once_with_parallel_pushes(upload_registry, tmp_pa
           % (len(images.refs), logical, unique, sent, len(uploads), mounts))
 
 
+def _corrupt_largest_layer(images, store, ref):
+    """Flip one byte of the image's largest layer in the store (same size): a medium that went bad."""
+    blobs = [blob for manifest in images.store_index["images"][ref]["manifests"] for blob in manifest["blobs"]]
+    layer = max(blobs, key=lambda blob: blob["size"])["digest"]
+    path = os.path.join(store, "blobs", "sha256", layer[7:])
+    with open(path, "r+b") as handle:
+        handle.seek(1000)
+        byte = handle.read(1)
+        handle.seek(1000)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    return layer
+
+
+def test_a_corrupt_blob_names_the_blob_and_why(upload_registry, tmp_path, capsys):
+    images = _image_set(upload_registry, tmp_path, "corrupt")
+    ref, dummy = images.add("only", ["amd64"], [("big", 300000)])
+    store = images.build_store(str(tmp_path / "store"))
+    layer = _corrupt_largest_layer(images, store, ref)
+    failed, result = run_module(capsys, _args(upload_registry, store, retries=2, retry_delay=0.01))
+    assert failed
+    # skopeo's reason survives: which blob, that it does not match its digest, what it hashes to...
+    assert result["msg"].startswith("Pushing %s to " % ref)
+    assert "blob %s does not match its digest (its content hashes to sha256:" % layer in result["msg"]
+    assert "Digest did not match" in result["msg"]
+    # ...while the upload URL's state token is cut away
+    assert "_state" not in result["msg"] and "?" not in result["msg"]
+    assert result["failures"] == [result["msg"]]
+
+
+def test_keep_going_false_names_the_image_that_failed_first(upload_registry, tmp_path, capsys):
+    images = _image_set(upload_registry, tmp_path, "culprit")
+    # Nothing shared: the largest push goes first, so with one push at a time the corrupt image
+    # fails before the small one (whose name sorts first) is ever tried.
+    small, dummy = images.add("aaa", ["amd64"], [("small", 1000)])
+    big, dummy = images.add("zzz", ["amd64"], [("big", 300000)])
+    store = images.build_store(str(tmp_path / "store"))
+    layer = _corrupt_largest_layer(images, store, big)
+    offset = upload_registry.log_offset()
+    failed, result = run_module(capsys, _args(upload_registry, store, parallel=1, keep_going=False))
+    assert failed
+    statuses = dict((entry["source"], entry["status"]) for entry in result["mapping"])
+    assert statuses == {small: "not_started", big: "failed"}
+    # The culprit and its own error come first; the image never tried is not called a failure.
+    assert result["msg"].startswith("Pushing %s to " % big)
+    assert layer in result["msg"]
+    assert result["msg"].endswith("1 image(s) were not started (keep_going is false): %s." % small)
+    assert len(result["failures"]) == 1 and result["failures"][0].startswith("Pushing %s to " % big)
+    assert result["summary"]["failed"] == 1 and result["summary"]["not_started"] == 1 and result["summary"]["pushed"] == 0
+    # and it really was never tried
+    assert not [path for method, path in upload_registry.requests_since(offset) if "/aaa/" in path and method != "GET"]
+
+
 def test_bad_options_fail_clearly(upload_registry, tmp_path, capsys):
     failed, result = run_module(capsys, {"store": str(tmp_path), "mirror": "not a host"})
     assert failed and "mirror" in result["msg"]
-    failed, result = run_module(capsys, {"store": str(tmp_path / "nowhere"), "mirror": upload_registry.mirror})
+    failed, result = run_module(capsys, {"store": str(tmp_path / "nowhere"), "mirror": upload_registry.host})
     assert failed and "nowhere" in result["msg"]
-    failed, result = run_module(capsys, {"store": str(tmp_path), "mirror": upload_registry.mirror})
+    failed, result = run_module(capsys, {"store": str(tmp_path), "mirror": upload_registry.host})
     assert failed and "No image directory" in result["msg"]
-    failed, result = run_module(capsys, {"store": str(tmp_path), "mirror": upload_registry.mirror,
+    failed, result = run_module(capsys, {"store": str(tmp_path), "mirror": upload_registry.host,
                                          "authfile": str(tmp_path / "missing.json")})
     assert failed and "missing.json" in result["msg"]
 
@@ -657,13 +426,17 @@ def _controller_available():
 def test_role_upload(upload_registry, tmp_path):
     images = _small_set(upload_registry, tmp_path, "role")
     store = images.build_store(str(tmp_path / "store"))
-    play_vars = {"upload_store": store, "upload_mirror": upload_registry.mirror, "upload_namespace": "role",
+    play_vars = {"upload_store": store, "upload_mirror": upload_registry.host, "upload_namespace": "role",
                  "upload_authfile": upload_registry.authfile, "upload_cert_dir": upload_registry.cert_dir,
                  "upload_tag_policy": "digest", "upload_parallel": 2,
                  "upload_mapping_file": str(tmp_path / "mapping.json")}
     rc, out = _run_playbook(tmp_path, "first", play_vars)
     assert rc == 0, out
     assert "3 pushed, 0 already there, 0 failed" in out
+    # one [k/3] line per image as its push ends, as the download role shows its copies
+    progress = re.findall(r"\(item=\[(\d)/3\] (\S+) pushed, [0-9.]+ [KMG]?i?B sent\)", out)
+    assert sorted(k for k, ref in progress) == ["1", "2", "3"], out
+    assert sorted(ref for k, ref in progress) == sorted(images.refs.values())
     with open(str(tmp_path / "first-fact.json")) as handle:
         fact = json.load(handle)
     with open(str(tmp_path / "mapping.json")) as handle:
@@ -671,12 +444,13 @@ def test_role_upload(upload_registry, tmp_path):
     assert [entry["status"] for entry in fact] == ["pushed"] * 3
     for entry in fact:
         repository, digest = entry["mirror"].split("@")
-        assert repository.startswith("%s/role/" % upload_registry.mirror)
+        assert repository.startswith("%s/role/" % upload_registry.host)
         assert upload_registry.tags(repository) == ["sha256-" + digest[7:]]
 
     rc, out = _run_playbook(tmp_path, "second", play_vars)
     assert rc == 0, out
     assert "0 pushed, 3 already there, 0 failed" in out
+    assert "(item=[" not in out  # nothing to push: no background run, no progress
     assert re.search(r"localhost\s*: ok=\d+\s+changed=1\s", out), out  # only the copy of the fact file changed
 
     # Argument specs reject a bad tag policy before any task runs.

@@ -7,213 +7,62 @@ htpasswd auth, real skopeo, and a registries.conf that sends ``quay.io`` to the 
 
 Everything runs in a private network namespace that only has a loopback interface: the
 registry listens on its 127.0.0.1 and skopeo runs in it through a small ``nsenter`` wrapper
-(given to the module as ``skopeo_path``). When the mirror does not serve a reference,
+(given to the module as ``executable``). When the mirror does not serve a reference,
 containers/image falls back to ``quay.io`` itself; in the namespace that lookup fails at once,
 and no packet leaves the machine.
 """
 
 from __future__ import annotations
 
-import base64
-import gzip
-import hashlib
-import io
 import json
 import os
 import shutil
-import signal
-import stat
-import subprocess
-import tarfile
-import time
 
 import pytest
 
 
 from ansible_collections.airgap.microshift.plugins.module_utils._registries_conf import checked_render, mirror_config
 from ansible_collections.airgap.microshift.plugins.modules import mirror_check
-from ansible_collections.airgap.microshift.tests.unit.plugins.helpers import (
-    die_with_parent,
-    make_server_cert,
-    make_test_ca,
-    run_main,
-    warning_texts,
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.images import SyntheticImages
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.modules import run_main, warning_texts
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.registry import (
+    NSENTER, REGISTRY_TOOLS, UNSHARE, LocalRegistry, Namespace, make_test_ca,
 )
 
-SKOPEO = shutil.which("skopeo")
-REGISTRY = shutil.which("docker-registry") or shutil.which("registry")
-OPENSSL = shutil.which("openssl")
-HTPASSWD = shutil.which("htpasswd")
-UNSHARE = shutil.which("unshare")
-NSENTER = shutil.which("nsenter")
-
 needs_tools = pytest.mark.skipif(
-    not (SKOPEO and REGISTRY and OPENSSL and HTPASSWD and UNSHARE and NSENTER) or os.geteuid() != 0,
+    not (REGISTRY_TOOLS and UNSHARE and NSENTER) or os.geteuid() != 0,
     reason="needs root, skopeo, docker-registry, openssl, htpasswd and util-linux (the test command runs as root and installs them)",
 )
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 PORT = 5443
-
-
-def _run(args, **kwargs):
-    result = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False, **kwargs)
-    if result.returncode != 0:
-        raise AssertionError("%s failed (%d): %s" % (" ".join(args), result.returncode, result.stderr[-2000:]))
-    return result.stdout
-
-
-def _blob(layout, data):
-    digest = hashlib.sha256(data).hexdigest()
-    with open(os.path.join(layout, "blobs", "sha256", digest), "wb") as handle:
-        handle.write(data)
-    return {"digest": "sha256:" + digest, "size": len(data)}
-
-
-def make_oci_layout(layout, name, text):
-    """An OCI layout with one tiny single-architecture image tagged ``name``; returns the manifest digest."""
-    os.makedirs(os.path.join(layout, "blobs", "sha256"), exist_ok=True)
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        content = text.encode()
-        info = tarfile.TarInfo("hello.txt")
-        info.size = len(content)
-        info.mtime = 0
-        tar.addfile(info, io.BytesIO(content))
-    layer_tar = raw.getvalue()
-    layer = dict(_blob(layout, gzip.compress(layer_tar, mtime=0)), mediaType="application/vnd.oci.image.layer.v1.tar+gzip")
-    config = {"architecture": "amd64", "os": "linux", "config": {},
-              "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer_tar).hexdigest()]}}
-    config_desc = dict(_blob(layout, json.dumps(config, sort_keys=True).encode()), mediaType="application/vnd.oci.image.config.v1+json")
-    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config_desc, "layers": [layer]},
-                          sort_keys=True).encode()
-    manifest_desc = dict(_blob(layout, manifest), mediaType=OCI_MANIFEST)
-    index_path = os.path.join(layout, "index.json")
-    index = {"schemaVersion": 2, "manifests": []}
-    if os.path.exists(index_path):
-        with open(index_path) as handle:
-            index = json.load(handle)
-    manifest_desc["annotations"] = {"org.opencontainers.image.ref.name": name}
-    index["manifests"].append(manifest_desc)
-    with open(index_path, "w") as handle:
-        json.dump(index, handle)
-    with open(os.path.join(layout, "oci-layout"), "w") as handle:
-        json.dump({"imageLayoutVersion": "1.0.0"}, handle)
-    return manifest_desc["digest"]
-
-
-class Mirror:
-    """A TLS + htpasswd registry on 127.0.0.1:PORT of a private network namespace."""
-
-    def __init__(self, base):
-        self.base = base
-        self.holder = None
-        self.registry = None
-        self.hostport = "127.0.0.1:%d" % PORT
-
-    def start(self):
-        pki = os.path.join(self.base, "pki")
-        os.makedirs(pki)
-        self.cert_dir = os.path.join(self.base, "certs")
-        self.wrong_cert_dir = os.path.join(self.base, "wrong-certs")
-        os.makedirs(self.cert_dir)
-        os.makedirs(self.wrong_cert_dir)
-        ca = make_test_ca(pki, "ca", "mirror_check ca")
-        make_test_ca(pki, "wrong-ca", "mirror_check wrong-ca")
-        make_server_cert(pki, ca, san="IP:127.0.0.1")
-        shutil.copy(os.path.join(pki, "ca.crt"), os.path.join(self.cert_dir, "ca.crt"))
-        shutil.copy(os.path.join(pki, "wrong-ca.crt"), os.path.join(self.wrong_cert_dir, "ca.crt"))
-        with open(os.path.join(pki, "htpasswd"), "w") as handle:
-            handle.write(_run([HTPASSWD, "-Bbn", "mirroruser", "mirrorpass"]))
-        self.authfile = os.path.join(self.base, "auth.json")
-        with open(self.authfile, "w") as handle:
-            json.dump({"auths": {self.hostport: {"auth": base64.b64encode(b"mirroruser:mirrorpass").decode()}}}, handle)
-
-        # A process that holds the namespace, with its loopback up.
-        self.holder = subprocess.Popen([UNSHARE, "--net", "--", "sh", "-c", "ip link set lo up && exec sleep 3600"],
-                                       preexec_fn=die_with_parent)
-        self.netns = "/proc/%d/ns/net" % self.holder.pid
-        for dummy in range(100):
-            if os.readlink(self.netns) != os.readlink("/proc/self/ns/net"):
-                break
-            time.sleep(0.05)
-        self.skopeo = os.path.join(self.base, "skopeo-in-netns")
-        with open(self.skopeo, "w") as handle:
-            handle.write("#!/bin/sh\nexec %s --net=%s -- %s \"$@\"\n" % (NSENTER, self.netns, SKOPEO))
-        os.chmod(self.skopeo, stat.S_IRWXU)
-
-        config = os.path.join(self.base, "registry.yml")
-        with open(config, "w") as handle:
-            handle.write("\n".join([
-                "version: 0.1",
-                "log:",
-                "  level: info",
-                "storage:",
-                "  filesystem:",
-                "    rootdirectory: %s" % os.path.join(self.base, "data"),
-                "http:",
-                "  addr: %s" % self.hostport,
-                "  secret: mirror-check-test",
-                "  tls:",
-                "    certificate: %s" % os.path.join(pki, "server.crt"),
-                "    key: %s" % os.path.join(pki, "server.key"),
-                "auth:",
-                "  htpasswd:",
-                "    realm: mirror-check-test",
-                "    path: %s" % os.path.join(pki, "htpasswd"),
-            ]) + "\n")
-        self.log_path = os.path.join(self.base, "registry.log")
-        log = open(self.log_path, "w")
-        self.registry = subprocess.Popen([NSENTER, "--net=%s" % self.netns, "--", REGISTRY, "serve", config],
-                                         stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
-        log.close()
-        for dummy in range(200):
-            if self.registry.poll() is not None:
-                with open(self.log_path) as handle:
-                    raise RuntimeError("registry exited: %s" % handle.read()[-2000:])
-            probe = subprocess.run([NSENTER, "--net=%s" % self.netns, "--", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/%d" % PORT],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-            if probe.returncode == 0:
-                break
-            time.sleep(0.05)
-        else:
-            raise RuntimeError("registry did not start")
-
-    def push(self, layout, name, repository, tag=None):
-        dest = "docker://%s/%s%s" % (self.hostport, repository, ":" + tag if tag else "")
-        _run([self.skopeo, "copy", "--preserve-digests", "--dest-authfile", self.authfile, "--dest-cert-dir", self.cert_dir,
-              "oci:%s:%s" % (layout, name), dest])
-
-    def stop(self):
-        for proc in (self.registry, self.holder):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
 
 
 @pytest.fixture(scope="module")
 def mirror(tmp_path_factory):
+    """A TLS + htpasswd registry on 127.0.0.1:PORT of a private network namespace, with skopeo run in it."""
     base = str(tmp_path_factory.mktemp("mirror-check"))
-    server = Mirror(base)
+    namespace = Namespace()
+    server = LocalRegistry(os.path.join(base, "mirror"), username="mirroruser", password="mirrorpass", netns=namespace.path, port=PORT)
     try:
         server.start()
-        layout = os.path.join(base, "layout")
-        server.digest_one = make_oci_layout(layout, "one", "one\n")
-        server.digest_two = make_oci_layout(layout, "two", "two\n")
-        server.digest_missing = make_oci_layout(layout, "missing", "never pushed\n")
+        server.base = base
+        server.hostport = server.host
+        # A CA that did not sign the mirror's certificate.
+        server.wrong_cert_dir = os.path.join(base, "wrong-certs")
+        os.makedirs(server.wrong_cert_dir)
+        shutil.copy(make_test_ca(base, "wrong-ca", "mirror_check wrong-ca")[1], os.path.join(server.wrong_cert_dir, "ca.crt"))
+        images = SyntheticImages(server, os.path.join(base, "images"), seed="mirror-check")
         # quay.io/openshift-release-dev/app is served at <mirror>/ns/openshift-release-dev/app.
-        server.push(layout, "one", "ns/openshift-release-dev/app")
-        server.push(layout, "two", "ns/openshift-release-dev/other", tag="v2")
-        server.conf = _registries_conf(base, "digest-only.conf", "%s/ns" % server.hostport, True)
-        server.conf_tags = _registries_conf(base, "tags.conf", "%s/ns" % server.hostport, False)
+        server.digest_one = images.push("one", "ns/openshift-release-dev/app", ["amd64"], [("one", 4096)])["digest"]
+        server.digest_two = images.push("two", "ns/openshift-release-dev/other", ["amd64"], [("two", 4096)], tag="v2")["digest"]
+        server.digest_missing = images.layout_blobs(images.build("missing", ["amd64"], [("never pushed", 4096)]))[0]
+        server.conf = _registries_conf(base, "digest-only.conf", "%s/ns" % server.host, True)
+        server.conf_tags = _registries_conf(base, "tags.conf", "%s/ns" % server.host, False)
         server.conf_down = _registries_conf(base, "down.conf", "127.0.0.1:%d/ns" % (PORT + 1), True)
         yield server
     finally:
         server.stop()
+        namespace.close()
 
 
 def _registries_conf(base, name, location, digest_only):
@@ -231,7 +80,7 @@ def run_module(capsys, args, check_mode=False):
 
 def base_args(mirror, **extra):
     args = {"registries_conf": mirror.conf, "cert_dir": mirror.cert_dir, "authfile": mirror.authfile,
-            "skopeo_path": mirror.skopeo, "retry_delay": 0.0, "timeout": 60}
+            "executable": mirror.skopeo, "retry_delay": 0.0, "timeout": 60}
     args.update(extra)
     return args
 
@@ -340,40 +189,6 @@ def test_a_mirror_that_is_down_is_retried_then_reported(capsys, mirror):
 def test_missing_files_are_named(capsys, tmp_path):
     result = run_module(capsys, {"images": [], "authfile": str(tmp_path / "nope.json")})
     assert result["failed"]
-    assert result["msg"] == "The authfile %s does not exist." % (tmp_path / "nope.json")
-
-
-# --------------------------------------------------------------------------- explain()
-
-SANDBOX_X509 = (
-    'time="2026-01-01T00:00:00Z" level=fatal msg="Error parsing image name \\"docker://quay.io/a/b@sha256:%s\\": '
-    '(Mirrors also failed: [mirror.airgap.test:8443/ns/a/b@sha256:%s: pinging container registry mirror.airgap.test:8443: '
-    'Get \\"https://mirror.airgap.test:8443/v2/\\": x509: certificate signed by unknown authority]): quay.io/a/b@sha256:%s: '
-    'pinging container registry quay.io: Get \\"https://quay.io/v2/\\": dial tcp: lookup quay.io on 127.0.0.1:53: '
-    'read udp 127.0.0.1:34520->127.0.0.1:53: read: connection refused"\n' % ("1" * 64, "1" * 64, "1" * 64))
-
-
-def test_explain_reads_the_mirror_error_first():
-    kind, reason = mirror_check.explain(SANDBOX_X509)
-    # The source's "connection refused" must not turn a certificate problem into a retry.
-    assert kind == "permanent"
-    assert reason.startswith("the mirror does not serve it: TLS certificate verification failed (x509)")
-    assert "mirror.airgap.test:8443/ns/a/b@sha256:" in reason
-    assert "the source quay.io failed too" in reason
-
-
-def test_explain_without_a_mirror():
-    stderr = ('time="x" level=fatal msg="Error parsing image name \\"docker://ghcr.io/a/b:v1\\": pinging container registry '
-              'ghcr.io: Get \\"https://ghcr.io/v2/\\": dial tcp: lookup ghcr.io: no such host"')
-    kind, reason = mirror_check.explain(stderr)
-    assert kind == "permanent"
-    assert reason.startswith("no mirror was tried for it")
-    assert "no such host" in reason
-
-
-def test_explain_transient_mirror_error():
-    stderr = ('level=fatal msg="(Mirrors also failed: [m:5000/a/b@sha256:%s: reading manifest: received unexpected HTTP status: '
-              '503 Service Unavailable]): quay.io/a/b@sha256:%s: no such host"' % ("2" * 64, "2" * 64))
-    kind, reason = mirror_check.explain(stderr)
-    assert kind == "transient"
-    assert "registry server error (5xx)" in reason
+    assert result["msg"] == "Option authfile names %s, which does not exist or is not a file." % (tmp_path / "nope.json")
+    result = run_module(capsys, {"images": [], "registries_conf": str(tmp_path / "nope.conf")})
+    assert result["msg"] == "Option registries_conf names %s, which does not exist or is not a file." % (tmp_path / "nope.conf")

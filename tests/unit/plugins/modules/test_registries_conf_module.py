@@ -14,7 +14,7 @@ import pytest
 
 from ansible_collections.airgap.microshift.plugins.module_utils._registries_conf import check_text
 from ansible_collections.airgap.microshift.plugins.modules import registries_conf
-from ansible_collections.airgap.microshift.tests.unit.plugins.helpers import run_main, warning_texts
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.modules import run_main, warning_texts
 
 DIGEST = "sha256:" + "cd" * 32
 

@@ -15,7 +15,7 @@ import pytest
 
 
 from ansible_collections.airgap.microshift.plugins.modules import registry_auth
-from ansible_collections.airgap.microshift.tests.unit.plugins.helpers import run_main
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.modules import run_main
 
 
 def run_module(capsys, args, check_mode=False, diff=False):

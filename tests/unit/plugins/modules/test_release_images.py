@@ -15,10 +15,8 @@ import pytest
 
 
 from ansible_collections.airgap.microshift.plugins.modules import release_images
-from ansible_collections.airgap.microshift.tests.unit.plugins.helpers import run_main, warning_texts
-from ansible_collections.airgap.microshift.tests.unit.plugins.module_utils.test_rpm import LazyRpms, release_files, rpm_root
-
-FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "release")
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.modules import run_main, warning_texts
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.release import FIXTURES, LazyRpms, release_files, rpm_root
 
 
 def run_module(capsys, args, check_mode=False, diff=False):
@@ -141,7 +139,7 @@ def test_query(capsys):
         ({"query": "images[["}, "is not a valid JMESPath expression"),
         ({"path": ["/nonexistent/release"]}, "/nonexistent/release does not exist"),
         ({"rpm": ["/nonexistent/x.rpm"]}, "/nonexistent/x.rpm does not exist"),
-        ({"dest": "/nonexistent/dir/images.txt"}, "The directory /nonexistent/dir of dest does not exist."),
+        ({"dest": "/nonexistent/dir/images.txt"}, "The directory /nonexistent/dir of dest /nonexistent/dir/images.txt does not exist."),
     ],
 )
 def test_failures(capsys, args, message):

@@ -14,7 +14,7 @@ import pytest
 
 from ansible_collections.airgap.microshift.plugins.module_utils import _signing
 from ansible_collections.airgap.microshift.plugins.modules import signing_key
-from ansible_collections.airgap.microshift.tests.unit.plugins.helpers import run_main
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.modules import run_main
 
 
 def run_module(capsys, args, check_mode=False):
