@@ -140,10 +140,11 @@ def storage_names(ref, digest):
 class StorageTool(object):
     """skopeo against one :class:`Storage`: what it holds, load an image, delete an image."""
 
-    def __init__(self, skopeo_binary, storage, runner=None):
+    def __init__(self, skopeo, storage, runner=None):
+        """``skopeo`` is a :class:`Skopeo` (its retry policy applies), or the path of the binary: then
+        nothing is retried, as a local storage has nothing transient to wait out."""
         self.storage = storage
-        # Local operations: nothing transient to retry.
-        self.skopeo = Skopeo(skopeo_binary, retries=0, runner=runner)
+        self.skopeo = skopeo if isinstance(skopeo, Skopeo) else Skopeo(skopeo, retries=0, runner=runner)
 
     def manifest_digest(self, name):
         """The digest of the manifest the storage returns for ``name`` (``repo@digest`` or ``repo:tag``), or None."""

@@ -451,12 +451,18 @@ def record_bytes(record):
     return json.dumps(record, indent=1, sort_keys=True).encode("utf-8") + b"\n"
 
 
-def write_record(path, record):
-    """Write the record atomically and durably; False when it already says the same."""
+def write_record(path, record, write=None):
+    """Write the record atomically and durably; False when it already says the same.
+
+    ``write(path, data)`` is the writer (the module's ``_files.ensure_file``); by default :func:`_files.write_file`.
+    """
     data = record_bytes(record)
     if _files.same_content(path, data):
         return False
-    return _files.write_file(path, data, mode=0o644)
+    if write is None:
+        return _files.write_file(path, data, mode=0o644)
+    write(path, data)
+    return True
 
 
 # --------------------------------------------------------------------------- running a load
@@ -482,7 +488,8 @@ class Loader(object):
     """One load: plan, check, write, verify. ``run()`` returns the module's result."""
 
     def __init__(self, tool, source, refs, architecture, parallel=2, prune=False, record_path=None, check_mode=False,
-                 temp_dir=None, clock=time.monotonic):
+                 temp_dir=None, clock=time.monotonic, write_file=None):
+        """``write_file(path, data)`` writes the record (see :func:`write_record`)."""
         self.tool = tool
         self.source = source
         self.refs = list(refs)
@@ -494,6 +501,7 @@ class Loader(object):
         self.check_mode = check_mode
         self.temp_dir = temp_dir or os.environ.get("TMPDIR") or "/var/tmp"
         self.clock = clock
+        self.write_file = write_file
 
     def layer_sizes(self, images):
         """Unpacked sizes of the layers of ``images``, read from the layers themselves where the source has them."""
@@ -596,7 +604,7 @@ class Loader(object):
                 self.tool.storage.graphroot, len(problems), ", ".join(problems[:5])), not_verified=problems)
         if self.record_path and record_changed:
             os.makedirs(os.path.dirname(os.path.abspath(self.record_path)), exist_ok=True)
-            write_record(self.record_path, self.updated_record(record, the_plan, removals))
+            write_record(self.record_path, self.updated_record(record, the_plan, removals), self.write_file)
         result["bytes_staged"] = written
         result["verified"] = len(the_plan["images"])
         result["timings"] = dict((name, round(value, 3)) for name, value in timings.items())

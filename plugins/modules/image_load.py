@@ -38,10 +38,12 @@ description:
 author:
   - airgap.microshift contributors (@airgap-microshift)
 requirements:
-  - skopeo 1.9 or later on the host
   - the Python package cryptography on the host, to check a transfer set's signature
 extends_documentation_fragment:
+  - airgap.microshift.skopeo
   - airgap.microshift.attributes
+  - airgap.microshift.attributes.actiongroup_skopeo
+  - airgap.microshift.attributes.files
 attributes:
   check_mode:
     support: full
@@ -51,6 +53,9 @@ attributes:
   idempotent:
     support: full
     details: Images already in the storage by digest are skipped; a second run reports no change.
+  safe_file_operations:
+    support: full
+    details: The O(record) is written under a temporary name in its directory, fsynced and renamed into place.
 options:
   src:
     description:
@@ -127,13 +132,27 @@ options:
     type: bool
     default: false
   parallel:
-    description: How many images are loaded (and read back) at the same time.
+    description:
+      - How many images are loaded (and read back) at the same time. Two images that add the same new layer
+        never load at the same time whatever this says.
     type: int
     default: 2
-  executable:
-    description: The skopeo binary.
-    type: str
-    default: skopeo
+  retries:
+    description:
+      - How many times in a row a skopeo run against the storage that failed for a transient reason is retried.
+        A load reads and writes only local files, so none is retried by default.
+    type: int
+    default: 0
+  authfile:
+    description:
+      - Not used (nothing is read from a registry); accepted so that C(module_defaults) for
+        C(group/airgap.microshift.skopeo) apply to this module as well.
+    type: path
+  cert_dir:
+    description:
+      - Not used (nothing is read from a registry); accepted so that C(module_defaults) for
+        C(group/airgap.microshift.skopeo) apply to this module as well.
+    type: path
 seealso:
   - module: airgap.microshift.image_bundle
   - module: airgap.microshift.release_images
@@ -283,52 +302,59 @@ import platform
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.airgap.microshift.plugins.module_utils import _skopeo
 from ansible_collections.airgap.microshift.plugins.module_utils._containers_storage import (
     Storage,
     StorageError,
     StorageTool,
     oci_architecture,
 )
+from ansible_collections.airgap.microshift.plugins.module_utils._files import ensure_file
 from ansible_collections.airgap.microshift.plugins.module_utils._load import LoadError, Loader, open_source
-from ansible_collections.airgap.microshift.plugins.module_utils._skopeo import module_runner
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            src=dict(type="list", elements="path", required=True),
-            images=dict(type="list", elements="str", required=True),
-            index=dict(type="str"),
-            architecture=dict(type="str"),
-            graphroot=dict(type="path"),
-            runroot=dict(type="path"),
-            driver=dict(type="str"),
-            staging=dict(type="path", default="/var/lib/airgap-microshift/host-images-staging"),
-            record=dict(type="path", default="/var/lib/airgap-microshift/host-images.json"),
-            prune=dict(type="bool", default=False),
-            parallel=dict(type="int", default=2),
-            executable=dict(type="str", default="skopeo"),
-            trusted_keys=dict(type="list", elements="path", default=[], no_log=False),
-            allow_unsigned=dict(type="bool", default=False),
-        ),
-        supports_check_mode=True,
+    argument_spec = _skopeo.argument_spec(retries=0, validate_certs=False)
+    argument_spec["parallel"]["default"] = 2
+    argument_spec.update(
+        src=dict(type="list", elements="path", required=True),
+        images=dict(type="list", elements="str", required=True),
+        index=dict(type="str"),
+        architecture=dict(type="str"),
+        graphroot=dict(type="path"),
+        runroot=dict(type="path"),
+        driver=dict(type="str"),
+        staging=dict(type="path", default="/var/lib/airgap-microshift/host-images-staging"),
+        record=dict(type="path", default="/var/lib/airgap-microshift/host-images.json"),
+        prune=dict(type="bool", default=False),
+        trusted_keys=dict(type="list", elements="path", default=[], no_log=False),
+        allow_unsigned=dict(type="bool", default=False),
     )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     params = module.params
-    if params["parallel"] < 1:
-        module.fail_json(msg="parallel must be 1 or more, not %d." % params["parallel"])
-    if not params["src"]:
-        module.fail_json(msg="src must name at least one image store or transfer set directory.")
-    skopeo = module.get_bin_path(params["executable"], required=True)
+    problem = _skopeo.option_problem(params)
+    if not problem and not params["src"]:
+        problem = "Option src must name at least one image store or transfer set directory."
+    if problem:
+        module.fail_json(msg=problem)
+    try:
+        binary = _skopeo.locate(params, module.get_bin_path)
+    except _skopeo.OptionError as exc:
+        module.fail_json(msg=str(exc))
     architecture = oci_architecture(params["architecture"] or platform.machine())
+
+    def write_record(path, data):
+        ensure_file(module, path, data, what="record", default_mode=0o644)
+
     try:
         storage = Storage(params["graphroot"], params["runroot"], params["driver"])
         source = open_source(params["src"], params["staging"], params["index"], trusted_keys=params["trusted_keys"],
                              allow_unsigned=params["allow_unsigned"])
         for warning in source.warnings:
             module.warn(warning)
-        loader = Loader(StorageTool(skopeo, storage, runner=module_runner(module)), source, params["images"], architecture,
-                        parallel=params["parallel"], prune=params["prune"], record_path=params["record"] or None,
-                        check_mode=module.check_mode)
+        tool = StorageTool(_skopeo.Skopeo.from_params(binary, params), storage)
+        loader = Loader(tool, source, params["images"], architecture, parallel=params["parallel"], prune=params["prune"],
+                        record_path=params["record"] or None, check_mode=module.check_mode, write_file=write_record)
         result = loader.run()
     except LoadError as exc:
         module.fail_json(msg=str(exc), **exc.details)

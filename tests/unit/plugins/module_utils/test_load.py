@@ -8,83 +8,24 @@ load with skopeo into a throw-away vfs storage."""
 from __future__ import annotations
 
 import gzip
-import hashlib
-import io
-import json
 import os
 import shutil
-import tarfile
 
 import pytest
 
 from ansible_collections.airgap.microshift.plugins.module_utils import _containers_storage as cs
 from ansible_collections.airgap.microshift.plugins.module_utils import _load
 from ansible_collections.airgap.microshift.plugins.module_utils import _store
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.stores import OCI_LAYER, TAR_BASE, add_tar_image
 
-INDEX_MT = "application/vnd.oci.image.index.v1+json"
-MANIFEST_MT = "application/vnd.oci.image.manifest.v1+json"
-LAYER_MT = "application/vnd.oci.image.layer.v1.tar+gzip"
-
-
-def _put(store, data):
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    _store.put_blob(store, digest, data)
-    return digest, len(data)
-
-
-def _layer(name, content):
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        info = tarfile.TarInfo(name)
-        info.size = len(content)
-        tar.addfile(info, io.BytesIO(content))
-    data = raw.getvalue()
-    return gzip.compress(data, mtime=0), "sha256:" + hashlib.sha256(data).hexdigest(), len(data)
-
-
-def add_image(store, ref, layers, arches=("amd64", "arm64")):
-    """An OCI index over one manifest per architecture, written into ``store`` and recorded in store.json."""
-    os.makedirs(store, exist_ok=True)
-    descriptors, entry_manifests = [], []
-    for arch in arches:
-        blobs, diff_ids = [], []
-        for name, content in layers:
-            gz, diff_id, _size = _layer(name, content + arch.encode())
-            digest, size = _put(store, gz)
-            blobs.append({"digest": digest, "size": size, "media_type": LAYER_MT})
-            diff_ids.append(diff_id)
-        config = json.dumps({"architecture": arch, "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids},
-                             "config": {}}).encode()
-        cdigest, csize = _put(store, config)
-        manifest = json.dumps({"schemaVersion": 2, "mediaType": MANIFEST_MT,
-                               "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cdigest, "size": csize},
-                               "layers": [{"mediaType": LAYER_MT, "digest": b["digest"], "size": b["size"]} for b in blobs]}).encode()
-        mdigest, msize = _put(store, manifest)
-        descriptors.append({"mediaType": MANIFEST_MT, "digest": mdigest, "size": msize,
-                            "platform": {"architecture": arch, "os": "linux"}})
-        entry_manifests.append({"digest": mdigest, "size": msize, "media_type": MANIFEST_MT, "platform": "linux/" + arch,
-                                "blobs": [{"digest": cdigest, "size": csize, "media_type": "c"}] + blobs})
-    index = json.dumps({"schemaVersion": 2, "mediaType": INDEX_MT, "manifests": descriptors}).encode()
-    idigest, isize = _put(store, index)
-    if "@" not in ref.rsplit("/", 1)[-1] and ":" not in ref.rsplit("/", 1)[-1]:
-        ref = "%s@%s" % (ref, idigest)
-    layout = _store.layout_path(ref)
-    _store.write_layout(store, layout, idigest, INDEX_MT, isize)
-    entry = {"digest": idigest, "media_type": INDEX_MT, "manifest_size": isize, "layout": layout,
-             "manifests": entry_manifests, "size": 0, "fetched": _store.utc_now()}
-    _store.record_image(store, ref, entry)
-    return ref
-
-
-BASE = [("base.bin", b"b" * 4000), ("middle.bin", b"m" * 2000)]
 
 
 @pytest.fixture
 def store(tmp_path):
     path = str(tmp_path / "store")
-    refs = [add_image(path, "quay.io/example/one", BASE + [("top.bin", b"1" * 500)]),
-            add_image(path, "quay.io/example/two", BASE + [("top.bin", b"2" * 700)]),
-            add_image(path, "registry.example.com/app:v1", BASE[:1] + [("top.bin", b"t" * 300)])]
+    refs = [add_tar_image(path, "quay.io/example/one", TAR_BASE + [("top.bin", b"1" * 500)]),
+            add_tar_image(path, "quay.io/example/two", TAR_BASE + [("top.bin", b"2" * 700)]),
+            add_tar_image(path, "registry.example.com/app:v1", TAR_BASE[:1] + [("top.bin", b"t" * 300)])]
     return path, refs
 
 
@@ -166,11 +107,11 @@ def _reader(data):
 
 def test_unpacked_size_reads_the_gzip_trailer():
     data = gzip.compress(os.urandom(5000))
-    assert _load.unpacked_size(_reader(data), len(data), LAYER_MT) == 5000
+    assert _load.unpacked_size(_reader(data), len(data), OCI_LAYER) == 5000
     assert _load.unpacked_size(_reader(b"x" * 700), 700, "application/vnd.oci.image.layer.v1.tar") == 700
     assert _load.unpacked_size(_reader(b"x" * 700), 700, "application/octet-stream") is None
     # A source that cannot say (the blob is not there yet) leaves the estimate to the caller.
-    assert _load.unpacked_size(lambda offset, length: None, len(data), LAYER_MT) is None
+    assert _load.unpacked_size(lambda offset, length: None, len(data), OCI_LAYER) is None
 
 
 def test_a_store_source_reads_sizes_strictly_and_refuses_a_link(store, tmp_path):
@@ -178,7 +119,7 @@ def test_a_store_source_reads_sizes_strictly_and_refuses_a_link(store, tmp_path)
     source = _load.open_source([path], str(tmp_path / "staging"))
     index = _store.read_index(path)
     layer = [m for m in index["images"][refs[0]]["manifests"] if m["platform"] == "linux/amd64"][0]["blobs"][1]
-    assert _load.unpacked_size(lambda o, n: source.read_range(layer["digest"], layer["size"], o, n), layer["size"], LAYER_MT) > 0
+    assert _load.unpacked_size(lambda o, n: source.read_range(layer["digest"], layer["size"], o, n), layer["size"], OCI_LAYER) > 0
     # A blob replaced by a symbolic link is not followed: no size is read from it.
     blob = _store.blob_path(path, layer["digest"])
     os.rename(blob, blob + ".real")

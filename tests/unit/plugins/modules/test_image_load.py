@@ -16,14 +16,12 @@ import pytest
 
 from ansible_collections.airgap.microshift.plugins.module_utils import _bundle, _signing, _store
 from ansible_collections.airgap.microshift.plugins.modules import image_load
-from ansible_collections.airgap.microshift.tests.unit.plugins.helpers import run_main, warning_texts
-from ansible_collections.airgap.microshift.tests.unit.plugins.module_utils.test_load import BASE, add_image
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.modules import run_main, warning_texts
+from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.stores import KEY, TAR_BASE, add_tar_image
 
 pytestmark = pytest.mark.skipif(shutil.which("skopeo") is None or os.geteuid() != 0,
                                 reason="a real load needs skopeo and root (containers-storage)")
 
-
-KEY = _signing.generate_private_key()
 
 
 def _public_key_file(tmp_path, key, name):
@@ -42,8 +40,8 @@ def _pack(store, dest, signing_key=KEY):
 @pytest.fixture
 def transfer_set(tmp_path):
     store = str(tmp_path / "store")
-    refs = [add_image(store, "quay.io/example/one", BASE + [("top.bin", b"1" * 300000)]),
-            add_image(store, "quay.io/example/two", BASE + [("top.bin", b"2" * 700)])]
+    refs = [add_tar_image(store, "quay.io/example/one", TAR_BASE + [("top.bin", b"1" * 300000)]),
+            add_tar_image(store, "quay.io/example/two", TAR_BASE + [("top.bin", b"2" * 700)])]
     dest = str(tmp_path / "set")
     _pack(store, dest)
     return store, dest, refs
@@ -86,7 +84,7 @@ def test_refusals_are_one_sentence(tmp_path, capsys, transfer_set):
     result, _out = run_main(image_load, capsys, _args(tmp_path, dest, refs + ["quay.io/example/absent@sha256:" + "0" * 64]))
     assert result["failed"] and result["msg"] == "Image quay.io/example/absent@sha256:%s is not in the image source." % ("0" * 64)
     result, _out = run_main(image_load, capsys, _args(tmp_path, dest, refs, parallel=0))
-    assert result["failed"] and result["msg"] == "parallel must be 1 or more, not 0."
+    assert result["failed"] and result["msg"] == "Option parallel must be 1 or more, not 0."
     result, _out = run_main(image_load, capsys, _args(tmp_path, str(tmp_path / "nowhere"), refs))
     assert result["failed"] and "nowhere" in result["msg"] and "Traceback" not in result["msg"]
     assert not os.path.exists(str(tmp_path / "graph"))
