@@ -19,7 +19,6 @@ from ansible_collections.airgap.microshift.plugins.module_utils import _store
 from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.stores import OCI_LAYER, TAR_BASE, add_tar_image
 
 
-
 @pytest.fixture
 def store(tmp_path):
     path = str(tmp_path / "store")

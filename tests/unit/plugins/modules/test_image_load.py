@@ -23,7 +23,6 @@ pytestmark = pytest.mark.skipif(shutil.which("skopeo") is None or os.geteuid() !
                                 reason="a real load needs skopeo and root (containers-storage)")
 
 
-
 def _public_key_file(tmp_path, key, name):
     path = str(tmp_path / name)
     with open(path, "wb") as handle:
