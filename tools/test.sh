@@ -105,8 +105,15 @@ fi
 
 if want molecule; then
     scenarios="${MOLECULE_SCENARIOS:-$(cd extensions/molecule && for s in */molecule.yml; do dirname "$s"; done | sort)}"
+    # Molecule names a scenario's ephemeral directory after the project folder's name, which is
+    # "extensions" in every clone: two clones on one machine would share (and destroy) each
+    # other's test beds. Each clone gets its own, at a stable path so that a scenario's destroy
+    # finds what an interrupted run of the same clone left behind, and a short one (the test bed's
+    # SSH control sockets live below it).
+    molecule_dir="${TMPDIR:-/tmp}/amsb-molecule-$(printf '%s' "$ROOT" | sha256sum | cut -c1-8)"
     for scenario in $scenarios; do
-        check "molecule $scenario" bash -c "cd extensions && molecule test -s $scenario"
+        check "molecule $scenario" env MOLECULE_EPHEMERAL_DIRECTORY="$molecule_dir/$scenario" \
+            bash -c "cd extensions && molecule test -s $scenario"
     done
 fi
 
