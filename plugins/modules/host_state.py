@@ -20,7 +20,7 @@ description:
   - With O(restore) (what O(save) returned), puts every file back as it was - content, mode, owner
     and group, written to a temporary file and renamed into place - and removes the files that did
     not exist. A file that is already as saved is left alone.
-  - Used by the M(airgap.microshift.host_config) role; the content of saved files (a pull secret)
+  - Used by the C(airgap.microshift.host_config) role; the content of saved files (a pull secret)
     is secret, so run it with C(no_log).
 author:
   - airgap.microshift contributors (@airgap-microshift)
