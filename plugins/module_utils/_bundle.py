@@ -952,7 +952,7 @@ def check_signatures(found, trusted_keys, allow_unsigned):
         if key is None:
             raise BundleError(
                 "%s/%s does not match its signature %s under any of the %d trusted key(s): it was changed after signing, "
-                "or signed with a key this side does not trust; nothing was unpacked." % (name, MANIFEST, sig_rel, len(trusted_keys)),
+                "or signed with a key this side does not trust; nothing else on the medium was read." % (name, MANIFEST, sig_rel, len(trusted_keys)),
                 corrupt=["%s/%s" % (name, MANIFEST)])
         signer = _signing.fingerprint(key)
         raw[name] = data
@@ -1269,30 +1269,37 @@ def verify_message(result):
 # ---------------------------------------------------------------- unpack
 
 
-def _join_blob(store, digest, record, found, lock):
-    """Write one blob into the store from its file or parts; (written bytes, error or None)."""
+def _join_blob(store, digest, record, found, lock, durable=True):
+    """Write one blob into the store from its file or parts; (written bytes, error or None).
+
+    ``durable``: fsync the blob before it is renamed into place (a store that outlives the run).
+    """
     hexdigest = digest[7:]
     target_dir = os.path.join(store, BLOB_DIR)
     pieces = record["parts"] if "parts" in record else [{"volume": record["volume"], "path": record["path"],
                                                          "size": record["size"], "sha256": hexdigest}]
     whole = hashlib.sha256()
     buf = bytearray(min(BUFFER_SIZE, max(record["size"], 1)))
+    # A whole blob is one piece whose hash is the blob's own: hashed once, not twice.
+    single = len(pieces) == 1
     handle, temp = _files.open_temp(target_dir, hexdigest, lock)
     try:
         for piece in pieces:
             shown = "%s/%s" % (piece["volume"], piece["path"])
-            part_hash = hashlib.sha256()
+            part_hash = whole if single else hashlib.sha256()
             try:
                 with _vol_open(found, piece["volume"], piece["path"], piece["size"]) as src:
                     for chunk in _strict.iter_exact(src, piece["size"], shown, buf=buf):
                         whole.update(chunk)
-                        part_hash.update(chunk)
+                        if not single:
+                            part_hash.update(chunk)
                         handle.write(chunk)
             except _strict.OutsideDataError:
                 return 0, shown
             if part_hash.hexdigest() != piece["sha256"]:
                 return 0, shown
-        os.fsync(handle.fileno())
+        if durable:
+            os.fsync(handle.fileno())
         if whole.hexdigest() != hexdigest:
             return 0, "%s (joined from %d parts)" % (digest, len(pieces))
         os.chmod(temp, 0o644)
@@ -1342,11 +1349,15 @@ def _check_store_json(incoming, manifest, what):
         raise BundleError("%s and bundle.json disagree on the blobs (%s)." % (what, ", ".join(d for d, _s in odd[:3])))
 
 
-def unpack(sources, store, parallel=4, check_mode=False, trusted_keys=None, allow_unsigned=False):
-    """Rebuild (or update, for a delta) ``store`` from the transfer set under ``sources``.
+def open_set(sources, trusted_keys=None, allow_unsigned=False):
+    """Check a transfer set as far as can be done without writing or hashing its blobs, signature first.
 
-    Nothing is written before the signature, the manifest, every file's presence and size, the
-    medium's store.json and layouts, and the merge with the store's own index have been checked.
+    The checks :func:`unpack` makes before it writes anything, for every reader of a set: the
+    signature (:func:`load_bundle`), every volume present, every listed file present with its
+    size and nothing else in the volumes, ``SHA256SUMS``, then the set's ``store.json`` and
+    layouts hashed and checked against the signed manifest. A blob is checked when it is joined
+    (:func:`join_blobs`). Returns ``{"manifest", "found", "info", "index", "index_bytes", "layouts"}``
+    where ``layouts`` maps each image to the bytes of its layout files; BundleError otherwise.
     """
     manifest, found, info = load_bundle(sources, trusted_keys, allow_unsigned)
     total = manifest["volume_count"]
@@ -1369,8 +1380,99 @@ def unpack(sources, store, parallel=4, check_mode=False, trusted_keys=None, allo
     for name in sorted(found):
         size, sha = expected_files(manifest, name, info["manifest_bytes"])[SUMS]
         if _hash_volume_file(found, name, SUMS, size, sha, bytearray(max(size, 1))):
-            raise BundleError("%s/%s does not list what bundle.json lists; nothing was unpacked." % (name, SUMS), corrupt=["%s/%s" % (name, SUMS)])
+            raise BundleError("%s/%s does not list what bundle.json lists; nothing was written." % (name, SUMS), corrupt=["%s/%s" % (name, SUMS)])
+    incoming_index = _read_bundle_file(found, vol, STORE_INDEX, manifest["store_json"]["size"], manifest["store_json"]["sha256"])
+    try:
+        incoming = _store.parse_index(incoming_index, "%s/%s" % (vol, STORE_INDEX))
+    except _store.StoreError as exc:
+        raise BundleError("The set's store index is not valid: %s" % exc, corrupt=["%s/%s" % (vol, STORE_INDEX)])
+    _check_store_json(incoming, manifest, "%s/%s" % (vol, STORE_INDEX))
+    layouts = {}
+    for ref, image in sorted(manifest["images"].items()):
+        data = {}
+        for name in LAYOUT_FILES:
+            record = image["files"][name]
+            data[name] = _read_bundle_file(found, vol, "%s/%s" % (image["bundle_path"], name), record["size"], record["sha256"])
+        try:
+            _store.check_layout_files(data["oci-layout"], data["index.json"], incoming["images"][ref], "%s/%s" % (vol, image["bundle_path"]))
+        except _store.StoreError as exc:
+            raise BundleError("The set's layout of %s is not valid: %s" % (ref, exc), corrupt=["%s/%s" % (vol, image["bundle_path"])])
+        layouts[ref] = data
+    return {"manifest": manifest, "found": found, "info": info, "index": incoming, "index_bytes": incoming_index, "layouts": layouts}
+
+
+def join_blobs(opened, store, digests, parallel=4, durable=True):
+    """Join the blobs ``digests`` of an opened set (:func:`open_set`) into ``store``'s blob directory.
+
+    Each is read strictly from its file or parts, hashed (every part and the whole) and renamed
+    into place only when it matches; temporary files a crashed run left are removed first.
+    ``durable=False`` skips the fsyncs, for a store that lives only as long as the run that
+    reads it. Returns ``(bytes written, [the files or blobs found corrupt])``.
+    """
+    manifest, found = opened["manifest"], opened["found"]
+    blob_dir = os.path.join(store, BLOB_DIR)
+    os.makedirs(blob_dir, exist_ok=True)
+    lock = _store.StoreLock(store)
+    _files.remove_stale_temps(blob_dir, lock)
+    tasks = [(lambda d=d: _join_blob(store, d, manifest["blobs"][d], found, lock, durable)) for d in digests]
+    corrupt = []
+    written = 0
+    for nbytes, error in run_parallel(tasks, parallel):
+        written += nbytes
+        if error:
+            corrupt.append(error)
+    if durable:
+        _files.fsync_dir(blob_dir)
+    return written, sorted(corrupt)
+
+
+def read_blob_range(opened, digest, offset, length):
+    """``length`` bytes at ``offset`` of a blob of an opened set (its file or parts), read strictly, not hashed.
+
+    For hints only (the unpacked size in a gzip trailer): whatever a blob holds is trusted only
+    once :func:`join_blobs` has hashed it.
+    """
+    record = opened["manifest"]["blobs"][digest]
+    pieces = record["parts"] if "parts" in record else [{"volume": record["volume"], "path": record["path"],
+                                                         "size": record["size"], "offset": 0}]
+    if offset < 0 or length < 0 or offset + length > record["size"]:
+        raise BundleError("Bytes %d to %d are outside blob %s (%d bytes)." % (offset, offset + length, digest, record["size"]))
+    out = bytearray()
+    for piece in pieces:
+        start = max(offset, piece["offset"])
+        end = min(offset + length, piece["offset"] + piece["size"])
+        if start >= end:
+            continue
+        shown = "%s/%s" % (piece["volume"], piece["path"])
+        try:
+            with _vol_open(opened["found"], piece["volume"], piece["path"], piece["size"]) as handle:
+                handle.seek(start - piece["offset"])
+                chunk = b""
+                while len(chunk) < end - start:
+                    more = handle.read(end - start - len(chunk))
+                    if not more:
+                        break
+                    chunk += more
+        except _strict.OutsideDataError as exc:
+            raise BundleError("The bundle file %s cannot be read: %s" % (shown, exc), corrupt=[shown])
+        except OSError as exc:
+            raise BundleError("The bundle file %s cannot be read: %s." % (shown, exc.strerror or exc), corrupt=[shown])
+        if len(chunk) != end - start:
+            raise BundleError("The bundle file %s ended before byte %d." % (shown, end - piece["offset"]), corrupt=[shown])
+        out += chunk
+    return bytes(out)
+
+
+def unpack(sources, store, parallel=4, check_mode=False, trusted_keys=None, allow_unsigned=False):
+    """Rebuild (or update, for a delta) ``store`` from the transfer set under ``sources``.
+
+    Nothing is written before the signature, the manifest, every file's presence and size, the
+    medium's store.json and layouts (:func:`open_set`), and the merge with the store's own index
+    have been checked.
+    """
     store = os.path.abspath(store)
+    opened = open_set(sources, trusted_keys, allow_unsigned)
+    manifest, info = opened["manifest"], opened["info"]
     if ":" in store:
         raise BundleError("The store path %s contains ':', which skopeo's oci: transport cannot address." % store)
     base_blobs = manifest["base_blobs"]
@@ -1384,25 +1486,11 @@ def unpack(sources, store, parallel=4, check_mode=False, trusted_keys=None, allo
                     manifest["bundle_id"], base.get("kind", "base"), base.get("id"), base.get("release"), store,
                     len(names), ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")),
                 missing_base_blobs=names)
-
-    incoming_index = _read_bundle_file(found, vol, STORE_INDEX, manifest["store_json"]["size"], manifest["store_json"]["sha256"])
-    try:
-        incoming = _store.parse_index(incoming_index, "%s/%s" % (vol, STORE_INDEX))
-    except _store.StoreError as exc:
-        raise BundleError("The set's store index is not valid: %s" % exc, corrupt=["%s/%s" % (vol, STORE_INDEX)])
-    _check_store_json(incoming, manifest, "%s/%s" % (vol, STORE_INDEX))
+    incoming, incoming_index = opened["index"], opened["index_bytes"]
     layouts = []
-    for ref, image in sorted(manifest["images"].items()):
-        data = {}
+    for ref, data in sorted(opened["layouts"].items()):
         for name in LAYOUT_FILES:
-            record = image["files"][name]
-            data[name] = _read_bundle_file(found, vol, "%s/%s" % (image["bundle_path"], name), record["size"], record["sha256"])
-        try:
-            _store.check_layout_files(data["oci-layout"], data["index.json"], incoming["images"][ref], "%s/%s" % (vol, image["bundle_path"]))
-        except _store.StoreError as exc:
-            raise BundleError("The set's layout of %s is not valid: %s" % (ref, exc), corrupt=["%s/%s" % (vol, image["bundle_path"])])
-        for name in LAYOUT_FILES:
-            layouts.append((os.path.join(store, *image["layout"].split("/")), name, data[name]))
+            layouts.append((os.path.join(store, *manifest["images"][ref]["layout"].split("/")), name, data[name]))
     existing_path = os.path.join(store, STORE_INDEX)
     existing = _read_existing(store)
     merged = merge_store_index(existing, incoming, store)
@@ -1435,17 +1523,10 @@ def unpack(sources, store, parallel=4, check_mode=False, trusted_keys=None, allo
     if result["bytes_to_write"] > free:
         raise BundleError("The store %s has %d bytes (%s) free but unpacking needs %d bytes (%s)." % (
             store, free, human_size(free), result["bytes_to_write"], human_size(result["bytes_to_write"])))
-    tasks = [(lambda d=d: _join_blob(store, d, manifest["blobs"][d], found, lock)) for d in todo]
-    corrupt = []
-    written = 0
-    for nbytes, error in run_parallel(tasks, parallel):
-        written += nbytes
-        if error:
-            corrupt.append(error)
-    _files.fsync_dir(os.path.join(store, BLOB_DIR))
+    written, corrupt = join_blobs(opened, store, todo, parallel)
     if corrupt:
-        raise BundleError("Bundle %s holds corrupt file(s), not unpacked: %s." % (manifest["bundle_id"], ", ".join(sorted(corrupt))),
-                          corrupt=sorted(corrupt))
+        raise BundleError("Bundle %s holds corrupt file(s), not unpacked: %s." % (manifest["bundle_id"], ", ".join(corrupt)),
+                          corrupt=corrupt)
     synced = set()
     for directory, name, data in layouts:
         write_atomic(os.path.join(directory, name), data, synced_dirs=synced)

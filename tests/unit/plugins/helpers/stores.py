@@ -7,12 +7,15 @@ images of random layers, for the transfer-set tests."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import json
 import os
 import random
+import tarfile
 
-from ansible_collections.airgap.microshift.plugins.module_utils import _signing
+from ansible_collections.airgap.microshift.plugins.module_utils import _signing, _store
 
 # Every transfer set of the tests is signed, as the module signs by default, and checked against this key.
 KEY = _signing.generate_private_key()
@@ -131,3 +134,62 @@ def store_files(store, parse_index=True):
 def bundle_files(dest):
     return sorted(os.path.relpath(os.path.join(root, name), dest)
                   for root, _dirs, names in os.walk(dest) for name in names)
+
+
+# Images skopeo can load into a container storage (image_load) ---------------------------------
+
+
+def _put_tar_blob(store, data):
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    _store.put_blob(store, digest, data)
+    return digest, len(data)
+
+
+def _tar_layer(name, content):
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        info = tarfile.TarInfo(name)
+        info.size = len(content)
+        tar.addfile(info, io.BytesIO(content))
+    data = raw.getvalue()
+    return gzip.compress(data, mtime=0), "sha256:" + hashlib.sha256(data).hexdigest(), len(data)
+
+
+def add_tar_image(store, ref, layers, arches=("amd64", "arm64")):
+    """An OCI index over one manifest per architecture of real tar layers (``layers``: ``(file name, content)``),
+    so that skopeo can load it into a container storage; written into ``store`` by the store's own writer and
+    recorded in store.json. A ref without tag or digest gets the index digest. Returns the ref."""
+    os.makedirs(store, exist_ok=True)
+    descriptors, entry_manifests = [], []
+    for arch in arches:
+        blobs, diff_ids = [], []
+        for name, content in layers:
+            gz, diff_id, _size = _tar_layer(name, content + arch.encode())
+            digest, size = _put_tar_blob(store, gz)
+            blobs.append({"digest": digest, "size": size, "media_type": OCI_LAYER})
+            diff_ids.append(diff_id)
+        config = json.dumps({"architecture": arch, "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids},
+                             "config": {}}).encode()
+        cdigest, csize = _put_tar_blob(store, config)
+        manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                               "config": {"mediaType": OCI_CONFIG, "digest": cdigest, "size": csize},
+                               "layers": [{"mediaType": OCI_LAYER, "digest": b["digest"], "size": b["size"]} for b in blobs]}).encode()
+        mdigest, msize = _put_tar_blob(store, manifest)
+        descriptors.append({"mediaType": OCI_MANIFEST, "digest": mdigest, "size": msize,
+                            "platform": {"architecture": arch, "os": "linux"}})
+        entry_manifests.append({"digest": mdigest, "size": msize, "media_type": OCI_MANIFEST, "platform": "linux/" + arch,
+                                "blobs": [{"digest": cdigest, "size": csize, "media_type": "c"}] + blobs})
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors}).encode()
+    idigest, isize = _put_tar_blob(store, index)
+    if "@" not in ref.rsplit("/", 1)[-1] and ":" not in ref.rsplit("/", 1)[-1]:
+        ref = "%s@%s" % (ref, idigest)
+    layout = _store.layout_path(ref)
+    _store.write_layout(store, layout, idigest, OCI_INDEX, isize)
+    entry = {"digest": idigest, "media_type": OCI_INDEX, "manifest_size": isize, "layout": layout,
+             "manifests": entry_manifests, "size": 0, "fetched": _store.utc_now()}
+    _store.record_image(store, ref, entry)
+    return ref
+
+
+# Two layers every image of the load tests shares.
+TAR_BASE = [("base.bin", b"b" * 4000), ("middle.bin", b"m" * 2000)]
