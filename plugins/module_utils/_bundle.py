@@ -1324,12 +1324,16 @@ def merge_store_index(existing, incoming, store=None):
         if held is not None and held.get("digest") != entry["digest"]:
             raise BundleError("The store %s already holds %s as %s; the set carries it as %s, and an image is never replaced by "
                               "another digest." % (store, ref, held.get("digest"), entry["digest"]), conflicts=[ref])
+        if held is not None and "signatures" in held and "signatures" not in entry:
+            # a set made before the image's signatures were fetched does not drop them
+            entry = dict(entry, signatures=held["signatures"])
         merged["images"][ref] = entry
     for digest, size in incoming["blobs"].items():
         if merged["blobs"].get(digest, size) != size:
             raise BundleError("The store %s records blob %s with %d bytes; the set says %d." % (store, digest, merged["blobs"][digest], size),
                               conflicts=[digest])
         merged["blobs"][digest] = size
+    merged["format"] = _store.index_format(merged)
     return merged
 
 

@@ -12,6 +12,14 @@
 3. Record: after a copy, the image's manifests (the exact bytes the plan read) and configs are
    put in place, every blob is checked, then the image is added to ``store.json``.
 
+Signatures: while an image is planned, the sigstore attachment of each of its manifests (the
+index and every per-architecture manifest) is read from the source, over kept-alive HTTPS
+(``_registry.RegistrySource``; ``skopeo copy`` of the attachment when that steps aside); a 404
+for the attachment's tag means the manifest is unsigned. Where signatures are required (scopes,
+exceptions and public keys), they are verified in Python (``_sigstore``) before any layer is
+copied, so an image whose signature is missing or refused fails at once, naming the reason. The
+attachments join the store as ordinary blobs, recorded under the image's ``signatures``.
+
 skopeo cannot write docker (schema 2) manifests into an OCI layout while preserving digests.
 For such images skopeo fetches the layers (byte for byte the same in both formats) through a
 converted copy, and the original manifests and configs are written next to them, so the
@@ -25,18 +33,26 @@ import hashlib
 import json
 import os
 import queue
+import shutil
+import tempfile
 import time
 
 from ansible_collections.airgap.microshift.plugins.module_utils import _store as store_mod
-from ansible_collections.airgap.microshift.plugins.module_utils import _workers
+from ansible_collections.airgap.microshift.plugins.module_utils import _signing, _sigstore, _strict, _workers
+from ansible_collections.airgap.microshift.plugins.module_utils._containers_policy import scope_candidates, scope_problem
 from ansible_collections.airgap.microshift.plugins.module_utils._reference import InvalidReference, parse_reference
-from ansible_collections.airgap.microshift.plugins.module_utils._skopeo import SkopeoError
+from ansible_collections.airgap.microshift.plugins.module_utils._registry import CannotTell, RegistrySource
+from ansible_collections.airgap.microshift.plugins.module_utils._skopeo import PERMANENT, SkopeoError
 
 DOCKER_TYPES = (store_mod.MEDIA_DOCKER_LIST, store_mod.MEDIA_DOCKER_MANIFEST)
 
 
 class PlanError(Exception):
     """An image whose manifests cannot be used; the message names the image."""
+
+
+class SignatureRefused(PlanError):
+    """An image whose required signature is missing or refused; the message names the image and why."""
 
 
 def request_problem(refs, store):
@@ -146,7 +162,7 @@ def build_image_plan(ref, top_raw, children_raw):
 def store_entry(plan, platforms=None):
     """The ``store.json`` entry of a downloaded image (``platforms`` fills single-arch gaps)."""
     platforms = platforms or {}
-    return {
+    entry = {
         "digest": plan["digest"],
         "media_type": plan["media_type"],
         "manifest_size": plan["manifest_size"],
@@ -158,6 +174,235 @@ def store_entry(plan, platforms=None):
         "size": plan["size"],
         "fetched": store_mod.utc_now(),
     }
+    if plan.get("signatures") is not None:
+        entry["signatures"] = dict((digest, found["record"]) for digest, found in sorted(plan["signatures"].items()))
+    return entry
+
+
+# Signatures -------------------------------------------------------------------------------
+
+
+class SignatureOptions:
+    """Whether to fetch signatures, and where they are required (scopes, exceptions, public keys)."""
+
+    def __init__(self, fetch=True, scopes=(), exceptions=(), keys=(), source=None):
+        self.fetch = fetch
+        self.scopes = list(scopes)
+        self.exceptions = list(exceptions)
+        self.keys = list(keys)
+        self.source = source
+
+    def required(self, ref):
+        """True when ``ref`` falls under a required scope (the most specific of scopes and exceptions wins)."""
+        for candidate in scope_candidates(ref):
+            if candidate in self.exceptions:
+                return False
+            if candidate in self.scopes:
+                return True
+        return False
+
+
+def signature_options(params):
+    """``(problem, SignatureOptions)`` of a module's signature options, checked before anything runs.
+
+    ``problem`` is one sentence naming the option (a scope that is not one, exceptions without scopes,
+    scopes without keys or without fetching, a key file that is not a public key), or None.
+    """
+    scopes, exceptions, key_files = params["signature_scopes"], params["signature_exceptions"], params["signature_keys"]
+    for option, values in (("signature_scopes", scopes), ("signature_exceptions", exceptions)):
+        for scope in values:
+            problem = scope_problem(scope)
+            if problem:
+                return "Option %s: %s." % (option, problem), None
+    if (scopes or exceptions) and not params["signatures"]:
+        return ("Options signature_scopes and signature_exceptions need signatures: true (the signatures are fetched to be "
+                "checked)."), None
+    if scopes and not key_files:
+        return "Option signature_scopes requires signature_keys: the public keys the required signatures are checked with.", None
+    if exceptions and not scopes:
+        return "Option signature_exceptions lists exceptions to signature_scopes, which is empty.", None
+    keys = []
+    if scopes:
+        try:
+            keys = _signing.read_public_keys(key_files, image=True)
+        except _signing.SigningError as exc:
+            return "Option signature_keys: %s." % str(exc).rstrip("."), None
+    source = None
+    if params["signatures"]:
+        source = RegistrySource(params.get("authfile"), params.get("validate_certs", True), params.get("cert_dir"))
+    return None, SignatureOptions(fetch=params["signatures"], scopes=scopes, exceptions=exceptions, keys=keys, source=source)
+
+
+def attachment_record(parsed):
+    """What ``store.json`` records of an attachment: digest, size, media type and blobs."""
+    return {"digest": parsed["digest"], "size": parsed["size"], "media_type": parsed["media_type"],
+            "blobs": _sigstore.attachment_blobs(parsed)}
+
+
+def _fetch_with_skopeo(skopeo, registry_options, ref, tag, what):
+    """``(raw, {digest: bytes})`` of an attachment copied with skopeo into a ``dir:``, or None (absent)."""
+    parsed = parse_reference(ref)
+    source = "docker://%s/%s:%s" % (parsed.registry, parsed.repository, tag)
+    work = tempfile.mkdtemp(prefix="airgap-signatures-")
+    try:
+        argv = skopeo.copy_argv(source, "dir:" + work, src_options=registry_options, all_images=False, preserve_digests=True)
+        try:
+            skopeo.run(argv, what)
+        except SkopeoError as exc:
+            if exc.kind == PERMANENT and exc.cause.startswith("manifest unknown"):
+                return None
+            raise
+        raw = _strict.read_file(work, "manifest.json", what, max_size=_sigstore.MAX_ATTACHMENT)
+        blobs = {}
+        attachment = _sigstore.parse_attachment(raw, what)
+        for blob in _sigstore.attachment_blobs(attachment):
+            blobs[blob["digest"]] = _strict.read_file(work, blob["digest"][7:], what, size=blob["size"], max_size=_sigstore.MAX_PAYLOAD)
+        return raw, blobs
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def fetch_attachment(source, skopeo, registry_options, ref, digest):
+    """The sigstore attachment of the manifest ``digest`` of ``ref``, or None when it is unsigned.
+
+    Returns ``{"raw", "attachment", "record", "blobs": {digest: bytes}}``; raises :class:`PlanError`
+    naming the image when the attachment is unusable, :class:`SkopeoError` when it cannot be read.
+    """
+    parsed = parse_reference(ref)
+    tag = _sigstore.attachment_tag(digest)
+    what = "%s: the signatures of manifest %s (%s/%s:%s)" % (ref, digest, parsed.registry, parsed.repository, tag)
+    fetched = None
+    try:
+        found = source.manifest(parsed.registry, parsed.repository, tag, accept=_sigstore.ATTACHMENT_MEDIA_TYPE) if source else None
+        if source is not None:
+            if found is None:
+                return None
+            attachment = _sigstore.parse_attachment(found[0], what)
+            blobs = {}
+            for blob in _sigstore.attachment_blobs(attachment):
+                data = source.blob(parsed.registry, parsed.repository, blob["digest"], _sigstore.MAX_PAYLOAD)
+                if data is None or len(data) != blob["size"]:
+                    raise PlanError("%s name the blob %s, which the registry does not serve with its size" % (what, blob["digest"]))
+                blobs[blob["digest"]] = data
+            fetched = (found[0], blobs)
+    except CannotTell:
+        fetched = None
+    except _sigstore.SigstoreError as exc:
+        raise PlanError(str(exc).rstrip("."))
+    try:
+        if fetched is None:
+            fetched = _fetch_with_skopeo(skopeo, registry_options, ref, tag, what)
+            if fetched is None:
+                return None
+        attachment = _sigstore.parse_attachment(fetched[0], what)
+    except (_sigstore.SigstoreError, _strict.OutsideDataError) as exc:
+        raise PlanError(str(exc).rstrip("."))
+    return {"raw": fetched[0], "attachment": attachment, "record": attachment_record(attachment), "blobs": fetched[1]}
+
+
+def signatures_of(found):
+    """``[(media_type, payload, annotations)]`` of a fetched or stored attachment (``{"attachment", "blobs"}``)."""
+    if found is None:
+        return []
+    try:
+        return _sigstore.signatures_of(found["attachment"], found["blobs"])
+    except _sigstore.SigstoreError as exc:
+        raise PlanError(str(exc).rstrip("."))
+
+
+def verify_image_signatures(ref, index, manifests, signatures, keys):
+    """``(verified, problem)``: every per-architecture manifest needs an accepted signature, and a signed
+    index must verify too (what the hosts enforce is the manifest they pull).
+
+    ``index`` is ``(digest, raw)`` or None for a single manifest; ``manifests`` ``[(digest, raw, platform)]``;
+    ``signatures`` ``{digest: [(media_type, payload, annotations)]}``. The identity rule is
+    ``matchRepoDigestOrExact`` for ``ref``, as in Red Hat's policy.
+    """
+    verified = 0
+    for digest, raw, platform in manifests:
+        accepted, reason = _sigstore.evaluate_signatures(keys, None, ref, raw, signatures.get(digest, []))
+        if not accepted:
+            return verified, "%s: the signature of its manifest %s%s is refused: %s" % (
+                ref, digest, " (%s)" % platform if platform else "", reason)
+        verified += 1
+    if index is not None and signatures.get(index[0]):
+        accepted, reason = _sigstore.evaluate_signatures(keys, None, ref, index[1], signatures[index[0]])
+        if not accepted:
+            return verified, "%s: the signature of its index %s is refused: %s" % (ref, index[0], reason)
+        verified += 1
+    return verified, None
+
+
+def plan_signatures(plan, skopeo, options):
+    """Fetch the attachments of every manifest of a plan and, where required, verify them.
+
+    Fills ``plan["signatures"]`` (manifest digest -> fetched attachment), adds the attachments'
+    blobs to the plan's blobs and size, and ``plan["signature_counts"]``. Raises :class:`PlanError`.
+    """
+    sig = options.signatures
+    started = time.monotonic()
+    digests = [plan["digest"]] + [m["digest"] for m in plan["manifests"] if m["digest"] != plan["digest"]]
+    found = {}
+    for digest in digests:
+        attachment = fetch_attachment(sig.source, skopeo, options.registry, plan["ref"], digest)
+        if attachment is not None:
+            found[digest] = attachment
+    plan["signatures"] = found
+    for attachment in found.values():
+        plan["blobs"][attachment["record"]["digest"]] = attachment["record"]["size"]
+        for blob in attachment["record"]["blobs"]:
+            plan["blobs"][blob["digest"]] = blob["size"]
+    plan["size"] = sum(plan["blobs"].values())
+    counts = {"signed": len(found), "unsigned": len(digests) - len(found), "verified": 0,
+              "bytes": sum(a["record"]["size"] + sum(b["size"] for b in a["record"]["blobs"]) for a in found.values())}
+    if sig.required(plan["ref"]):
+        index = (plan["digest"], plan["raw"]) if plan["media_type"] in store_mod.INDEX_MEDIA_TYPES else None
+        manifests = [(m["digest"], m["raw"], m["platform"]) for m in plan["manifests"]]
+        counts["verified"], problem = verify_image_signatures(plan["ref"], index, manifests,
+                                                              dict((d, signatures_of(a)) for d, a in found.items()), sig.keys)
+        if problem:
+            raise SignatureRefused(problem)
+    counts["seconds"] = time.monotonic() - started
+    plan["signature_counts"] = counts
+    return plan
+
+
+def stored_signatures(store, entry, ref):
+    """``({manifest digest: signatures}, {manifest digest: raw})`` of an image of the store, read strictly."""
+    signatures, raws = {}, {}
+    for digest, record in (entry.get("signatures") or {}).items():
+        what = "%s: the signatures of manifest %s in the store" % (ref, digest)
+        try:
+            raw = store_mod.read_blob(store, record["digest"], record["size"], what, max_size=_sigstore.MAX_ATTACHMENT)
+            attachment = _sigstore.parse_attachment(raw, what)
+            blobs = dict((b["digest"], store_mod.read_blob(store, b["digest"], b["size"], what, max_size=_sigstore.MAX_PAYLOAD))
+                         for b in _sigstore.attachment_blobs(attachment))
+        except (store_mod.StoreError, _sigstore.SigstoreError) as exc:
+            raise PlanError(str(exc).rstrip("."))
+        signatures[digest] = signatures_of({"attachment": attachment, "blobs": blobs})
+    for digest, size in [(entry["digest"], entry["manifest_size"])] + [(m["digest"], m["size"]) for m in entry["manifests"]]:
+        try:
+            raws[digest] = store_mod.read_blob(store, digest, size, "%s: manifest %s in the store" % (ref, digest))
+        except store_mod.StoreError as exc:
+            raise PlanError(str(exc).rstrip("."))
+    return signatures, raws
+
+
+def verify_stored(store, entry, ref, keys):
+    """``(counts, problem)`` of the signatures an image of the store holds, verified with ``keys``."""
+    signatures, raws = stored_signatures(store, entry, ref)
+    index = (entry["digest"], raws[entry["digest"]]) if entry["media_type"] in store_mod.INDEX_MEDIA_TYPES else None
+    manifests = [(m["digest"], raws[m["digest"]], m.get("platform")) for m in entry["manifests"]]
+    verified, problem = verify_image_signatures(ref, index, manifests, signatures, keys)
+    return verified, problem
+
+
+def signature_counts(entry):
+    """Signed and unsigned manifests of a store entry (``None`` when its signatures were never looked up)."""
+    counts = store_mod.signature_summary(entry)
+    if counts is not None:
+        counts.update(verified=0, bytes=sum(store_mod.signature_blobs(entry).values()))
+    return counts
 
 
 # Scheduling -------------------------------------------------------------------------------
@@ -235,8 +480,9 @@ MIN_PLAN_PARALLEL = 8
 
 
 class DownloadOptions:
-    def __init__(self, store, registry_options, parallel=4, keep_going=False, verify=False, free_space_margin=0):
+    def __init__(self, store, registry_options, parallel=4, keep_going=False, verify=False, free_space_margin=0, signatures=None):
         self.store = store
+        self.signatures = signatures or SignatureOptions(fetch=False)
         self.registry = registry_options
         self.parallel = max(1, int(parallel))
         self.plan_parallel = max(self.parallel, MIN_PLAN_PARALLEL)
@@ -267,7 +513,10 @@ def plan_image(ref, skopeo, options):
         for digest, read in zip(digests, reads):
             retries += read.retries
             children_raw[digest] = read.stdout
-    return build_image_plan(ref, top.stdout, children_raw), retries
+    plan = build_image_plan(ref, top.stdout, children_raw)
+    if options.signatures.fetch:
+        plan_signatures(plan, skopeo, options)
+    return plan, retries
 
 
 def missing_blobs(store, blobs):
@@ -356,6 +605,10 @@ def download_image(plan, skopeo, options):
                 # skopeo wrote converted (OCI) manifests and configs next to the originals
                 result["leftovers"] = _layout_blob_digests(store, layout_dir) - set(plan["blobs"])
         store_mod.put_blob(store, plan["digest"], plan["raw"])
+        for found in (plan.get("signatures") or {}).values():
+            store_mod.put_blob(store, found["record"]["digest"], found["raw"])
+            for digest, data in found["blobs"].items():
+                store_mod.put_blob(store, digest, data)
         for manifest in plan["manifests"]:
             store_mod.put_blob(store, manifest["digest"], manifest["raw"])
             config = manifest["config"]
@@ -421,6 +674,8 @@ class DownloadRun:
         self.results = {}
         self.plans = {}
         self.skipped = []
+        self.signature_counts = {}
+        self.signature_failures = {}
         self.to_fetch = {}
         self.plan_retries = 0
         self.stopped = None
@@ -494,9 +749,14 @@ class DownloadRun:
         store = self.options.store
         self.index = store_mod.read_index(store) if os.path.isdir(store) else store_mod.empty_index()
         to_plan = []
+        sig = self.options.signatures
         for ref in self.refs:
-            if store_mod.image_complete(store, self.index, ref):
+            entry = self.index["images"].get(ref) or {}
+            # An image stored before its signatures were looked up is planned again (no layer is
+            # fetched twice: only its attachments are read).
+            if store_mod.image_complete(store, self.index, ref) and (not sig.fetch or "signatures" in entry):
                 self.skipped.append(ref)
+                self._check_stored(ref, entry)
             else:
                 to_plan.append(ref)
         self.on_start(len(to_plan))
@@ -520,6 +780,8 @@ class DownloadRun:
                     plan, retries = payload
                     self.plan_retries += retries
                     self.plans[ref] = plan
+                    if "signature_counts" in plan:
+                        self.signature_counts[ref] = plan["signature_counts"]
                     missing = missing_blobs(store, plan["fetchable"])
                     for digest, size in missing_blobs(store, plan["blobs"]).items():
                         self.to_fetch[digest] = size
@@ -528,6 +790,8 @@ class DownloadRun:
                     outstanding -= 1
                     result = _result(ref, "failed", error=_error_message(payload), attempts=getattr(payload, "attempts", 1))
                     result["retries"] = max(0, result["attempts"] - 1)
+                    if isinstance(payload, SignatureRefused):
+                        result["signature_refused"] = True
                     self._finish(ref, result)
                     if not self.options.keep_going:
                         # planning goes on (it is cheap), so that every bad reference is named at once
@@ -553,6 +817,21 @@ class DownloadRun:
                 if ref not in self.results and ref not in self.plans:
                     self._finish(ref, _result(ref, "not_started", error=reason))
         return self
+
+    def _check_stored(self, ref, entry):
+        """Count (and where required, verify) the signatures of an image the store already holds."""
+        sig = self.options.signatures
+        counts = signature_counts(entry)
+        if counts is None:
+            return
+        if sig.fetch and sig.required(ref):
+            try:
+                counts["verified"], problem = verify_stored(self.options.store, entry, ref, sig.keys)
+            except PlanError as exc:
+                problem = str(exc)
+            if problem:
+                self.signature_failures[ref] = problem
+        self.signature_counts[ref] = counts
 
     def _remove_leftovers(self):
         """Delete converted manifests skopeo wrote that no image of the store or of this run names."""
@@ -591,15 +870,36 @@ class DownloadRun:
             "dedup_ratio": round(float(logical) / unique_bytes, 3) if unique_bytes else 1.0,
         }
 
+    def summary_signatures(self):
+        """Manifests signed, unsigned and verified over every image of the run (planned or in the store)."""
+        totals = {"signed": 0, "unsigned": 0, "verified": 0, "bytes": 0, "seconds": 0.0, "images_refused": len(self.signature_failures)}
+        for counts in self.signature_counts.values():
+            for key in ("signed", "unsigned", "verified", "bytes"):
+                totals[key] += counts.get(key, 0)
+            totals["seconds"] += counts.get("seconds", 0.0)
+        totals["seconds"] = round(totals["seconds"], 3)
+        totals["images_refused"] += sum(1 for r in self.results.values() if r.get("signature_refused"))
+        return totals
+
     def image_result(self, ref):
-        """The ``images`` entry of ``ref``: its result, or what the store or the plan says of it."""
+        """The ``images`` entry of ``ref``: its result, or what the store or the plan says of it.
+
+        An image of the store whose required signature is refused fails; ``signatures`` counts the
+        image's signed, unsigned and verified manifests (None when signatures are not fetched).
+        """
         if ref in self.results:
-            return self.results[ref]
-        if ref in self.skipped:
+            image = dict(self.results[ref])
+            image.pop("signature_refused", None)
+        elif ref in self.skipped:
             item = self.index["images"][ref]
-            return _result(ref, "skipped", item["digest"], item.get("size", 0), item["layout"])
-        item = self.plans[ref]
-        return _result(ref, "planned", item["digest"], item["size"], item["layout"])
+            failure = self.signature_failures.get(ref)
+            image = _result(ref, "failed" if failure else "skipped", item["digest"], item.get("size", 0), item["layout"], error=failure)
+        else:
+            item = self.plans[ref]
+            image = _result(ref, "planned", item["digest"], item["size"], item["layout"])
+        counts = self.signature_counts.get(ref)
+        image["signatures"] = dict((k, counts[k]) for k in ("signed", "unsigned", "verified")) if counts else None
+        return image
 
     def summary(self, images, plan):
         duration = max(time.monotonic() - self.started, 0.0)
@@ -631,6 +931,8 @@ class DownloadRun:
         plan["free_bytes"] = store_mod.free_bytes(store)
         images = [self.image_result(ref) for ref in self.refs]
         summary = self.summary(images, plan)
+        if self.options.signatures.fetch:
+            summary["signatures"] = self.summary_signatures()
         result = {"store": store, "images": images, "summary": summary, "plan": plan,
                   "changed": summary["images_fetched"] > 0 or (self.check_mode and bool(self.plans))}
         failures = [image for image in images if image["status"] == "failed"]

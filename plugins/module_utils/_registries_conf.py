@@ -610,3 +610,131 @@ def check_text(text, what="the registries.conf drop-in"):
 
 def _canonical(data):
     return json.dumps(data, sort_keys=True)
+
+
+# --------------------------------------------------------------------------- a host's configuration
+
+def read_host_file(text, what):
+    """The settings of one registries.conf file of a host (the main file or a drop-in), any TOML.
+
+    Read with ``tomllib`` where the Python has it, else with the strict subset parser (which a
+    hand-written file may go beyond: it then fails with the line it could not read).
+    """
+    try:
+        if _tomllib is not None:
+            data = _tomllib.loads(text)
+        else:
+            data = parse_toml_subset(text)
+    except (ValueError, TomlSubsetError) as exc:
+        raise RegistriesConfError("it is not valid TOML (%s)" % exc, what)
+    if not isinstance(data, dict):
+        raise RegistriesConfError("it is not a table", what)
+    return data
+
+
+def _v1_entries(data, what):
+    """The ``[[registry]]`` entries a version 1 file (``[registries.search]`` ...) stands for."""
+    entries = {}
+    v1 = data.get("registries")
+    if not isinstance(v1, dict):
+        raise RegistriesConfError("registries must be a table of a version 1 file", what)
+    for kind, flag in (("block", "blocked"), ("insecure", "insecure")):
+        table = v1.get(kind) or {}
+        for location in (table.get("registries") or []) if isinstance(table, dict) else []:
+            entry = entries.setdefault(location, {"prefix": location, "location": location})
+            entry[flag] = True
+    return list(entries.values())
+
+
+def merge_host_files(files):
+    """The registries of a host from ``[(path, data)]``: the main file first, then the drop-ins in order.
+
+    As containers/image merges them: a later file's ``[[registry]]`` replaces an earlier one with
+    the same prefix (the location when no prefix is given); a version 1 file's blocked and
+    insecure registries become entries of their own. Returns ``{prefix: entry}``.
+    """
+    merged = {}
+    for path, data in files:
+        if "registries" in data:
+            if "registry" in data:
+                raise RegistriesConfError("it mixes the version 1 table [registries] with [[registry]] entries", path)
+            entries = _v1_entries(data, path)
+        else:
+            # Only what resolving a pull needs is checked: a newer key this collection does not
+            # know must not fail a host whose own tools accept it.
+            entries = data.get("registry", [])
+            if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+                raise RegistriesConfError("[[registry]] must be a list of tables", path)
+            for number, entry in enumerate(entries):
+                if not isinstance(entry.get("prefix") or entry.get("location"), str):
+                    raise RegistriesConfError("[[registry]] #%d has neither a prefix nor a location" % (number + 1), path)
+                for key in ("prefix", "location"):
+                    if key in entry and not isinstance(entry[key], str):
+                        raise RegistriesConfError("[[registry]] #%d: %s must be a string" % (number + 1, key), path)
+                if not isinstance(entry.get("mirror", []), list) or not all(
+                        isinstance(m, dict) and isinstance(m.get("location"), str) for m in entry.get("mirror", [])):
+                    raise RegistriesConfError("[[registry]] #%d has a [[registry.mirror]] without a location" % (number + 1), path)
+        for entry in entries:
+            prefix = entry.get("prefix") or entry.get("location")
+            merged[prefix] = entry
+    return merged
+
+
+def _prefix_length(ref, prefix):
+    """How long a match of ``prefix`` on ``ref`` is, or -1 (containers/image's refMatchingPrefix)."""
+    if prefix.startswith("*."):
+        host = ref.split("/", 1)[0].split(":", 1)[0]
+        return len(prefix) if host.endswith(prefix[1:]) else -1
+    if len(ref) < len(prefix):
+        return -1
+    if len(ref) == len(prefix):
+        return len(prefix) if ref == prefix else -1
+    if ref.startswith(prefix) and ref[len(prefix)] in ":/@":
+        return len(prefix)
+    return -1
+
+
+def find_registry(registries, ref):
+    """The ``[[registry]]`` entry that applies to ``ref`` (the longest matching prefix), or None."""
+    best, length = None, -1
+    for prefix, entry in registries.items():
+        found = _prefix_length(ref, prefix)
+        if found > length:
+            best, length = entry, found
+    return best
+
+
+def pull_sources(registries, ref):
+    """Where the containers tools try to pull ``ref`` from, in order: ``[{"ref", "mirror", "insecure"}]``.
+
+    Mirrors first (for a reference by digest every mirror except ``pull-from-mirror = "tag-only"``
+    ones; for a tag, none under ``mirror-by-digest-only``), then the registry's own location. The
+    prefix of the reference is replaced by each location. Raises :class:`RegistriesConfError` for a
+    blocked registry.
+    """
+    parsed = parse_reference(ref)
+    entry = find_registry(registries, ref)
+    if entry is None:
+        return [{"ref": ref, "mirror": False, "insecure": False}]
+    prefix = entry.get("prefix") or entry.get("location")
+    if entry.get("blocked"):
+        raise RegistriesConfError("the registry %s is blocked (blocked = true)" % prefix, "the host's registries.conf")
+    digested = parsed.digest is not None
+    endpoints = []
+    for mirror in entry.get("mirror", []):
+        pull = mirror.get("pull-from-mirror", "all")
+        if entry.get("mirror-by-digest-only"):
+            if not digested:
+                continue
+        elif (pull == "digest-only" and not digested) or (pull == "tag-only" and digested):
+            continue
+        endpoints.append((mirror["location"], True, bool(mirror.get("insecure"))))
+    endpoints.append((entry.get("location") or prefix, False, bool(entry.get("insecure"))))
+    sources = []
+    for location, is_mirror, insecure in endpoints:
+        if prefix.startswith("*."):
+            rewritten = ref if not location or location == prefix else location + ref[len(ref.split("/", 1)[0]):]
+        else:
+            rewritten = location + ref[len(prefix):]
+        sources.append({"ref": rewritten, "mirror": is_mirror, "insecure": insecure})
+    return sources

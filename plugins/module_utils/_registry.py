@@ -46,6 +46,8 @@ MANIFEST_ACCEPT = ", ".join([
     "application/vnd.docker.distribution.manifest.v2+json",
 ])
 CERT_DIRS = ("/etc/containers/certs.d", "/etc/docker/certs.d")
+# The most a manifest or a small blob read through the reader may have.
+MAX_BODY = 8 * 1024 * 1024
 _PROXY_VARIABLES = ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
@@ -143,15 +145,22 @@ class ManifestReader:
             self._local.conn = conn
         return conn
 
-    def _request(self, path, headers):
-        """``(status, headers, body)``; one reconnect when a kept-alive connection was closed."""
+    def _request(self, path, headers, limit=MAX_BODY):
+        """``(status, headers, body)``; one reconnect when a kept-alive connection was closed.
+
+        A body longer than ``limit`` bytes is not read: the reader steps aside.
+        """
         for attempt in (1, 2):
             conn = self._connection()
             try:
                 conn.request("GET", path, headers=headers)
                 response = conn.getresponse()
-                body = response.read()
-                if (response.getheader("Connection") or "").lower() == "close":
+                body = response.read(limit + 1)
+                if len(body) > limit:
+                    conn.close()
+                    self._local.conn = None
+                    self._disable("%s sent more than %d bytes for %s" % (self.registry, limit, path))
+                if (response.getheader("Connection") or "").lower() == "close" or not response.isclosed():
                     conn.close()
                     self._local.conn = None
                 return response.status, response, body
@@ -230,12 +239,11 @@ class ManifestReader:
         self._disable("%s asks for a login this reader does not do (%s)" % (self.registry, scheme or "none"))
         return None  # not reached
 
-    def manifest(self, repository, digest):
-        """The bytes the registry serves for ``repository@digest``, or None when it has none (404)."""
+    def _get(self, repository, path, headers):
+        """``(status, response, body)`` of a GET on the registry, logging in when it asks (once per call)."""
         if self._disabled:
             raise CannotTell(self._disabled)
-        path = "/v2/%s/manifests/%s" % (repository, digest)
-        headers = {"Accept": MANIFEST_ACCEPT}
+        headers = dict(headers)
         # once the registry asked for a login, send one with every request
         if self._scheme == "basic":
             headers["Authorization"] = self._basic_header(repository)
@@ -246,12 +254,60 @@ class ManifestReader:
             # no login yet, or an expired token: one more try with a fresh one
             headers["Authorization"] = self._login(repository, response, stale=headers.get("Authorization"))
             status, response, body = self._request(path, headers)
+        return status, response, body
+
+    def get_manifest(self, repository, reference, accept=MANIFEST_ACCEPT):
+        """``(bytes, media type)`` the registry serves for ``repository`` at ``reference`` (a tag or a
+        digest), or None when it has none (404)."""
+        status, response, body = self._get(repository, "/v2/%s/manifests/%s" % (repository, reference), {"Accept": accept})
         if status == 200:
-            return body
+            return body, (response.getheader("Content-Type") or "").split(";", 1)[0].strip()
         if status == 404:
             return None
-        self._disable("%s answered HTTP %d for %s@%s" % (self.registry, status, repository, digest))
+        self._disable("%s answered HTTP %d for %s:%s" % (self.registry, status, repository, reference))
         return None  # not reached
+
+    def manifest(self, repository, digest):
+        """The bytes the registry serves for ``repository@digest``, or None when it has none (404)."""
+        found = self.get_manifest(repository, digest)
+        return None if found is None else found[0]
+
+    def blob(self, repository, digest, max_size):
+        """The bytes of the blob ``digest`` of ``repository`` (at most ``max_size``), or None when absent.
+
+        A redirect to a storage URL (as Quay's CDN answers) is followed once, without credentials.
+        Raises :class:`CannotTell` for anything else, and for bytes that do not hash to ``digest``.
+        """
+        status, response, body = self._get(repository, "/v2/%s/blobs/%s" % (repository, digest), {})
+        if status in (301, 302, 303, 307, 308):
+            body = self._follow(response.getheader("Location") or "", max_size, digest)
+        elif status == 404:
+            return None
+        elif status != 200:
+            self._disable("%s answered HTTP %d for the blob %s of %s" % (self.registry, status, digest, repository))
+        if len(body) > max_size:
+            self._disable("%s served %d bytes for the blob %s of %s, more than %d" % (self.registry, len(body), digest, repository, max_size))
+        if "sha256:" + hashlib.sha256(body).hexdigest() != digest:
+            self._disable("%s served bytes of another digest for the blob %s of %s" % (self.registry, digest, repository))
+        return body
+
+    def _follow(self, location, max_size, digest):
+        url = urllib.parse.urlsplit(location)
+        if url.scheme != "https" or not url.hostname:
+            self._disable("%s redirected the blob %s to a URL that is not https" % (self.registry, digest))
+        context = self._context if url.hostname == self.registry.split(":", 1)[0] else ssl.create_default_context()
+        conn = http.client.HTTPSConnection(url.hostname, url.port or 443, timeout=self.timeout, context=context)
+        try:
+            conn.request("GET", url.path + ("?" + url.query if url.query else ""))
+            response = conn.getresponse()
+            body = response.read(max_size + 1)
+        except (http.client.HTTPException, OSError) as exc:
+            self._disable("cannot read the blob %s from %s (%s)" % (digest, url.hostname, exc))
+        finally:
+            conn.close()
+        if response.status != 200:
+            self._disable("%s answered HTTP %d for the blob %s" % (url.hostname, response.status, digest))
+        return body
 
     def served(self, repository, digest):
         """True when ``repository@digest`` is served with bytes of that digest, False when it is absent.
@@ -265,3 +321,37 @@ class ManifestReader:
         if "sha256:" + hashlib.sha256(body).hexdigest() != digest:
             self._disable("%s served bytes of another digest for %s@%s" % (self.registry, repository, digest))
         return True
+
+
+class RegistrySource(object):
+    """Reads manifests and small blobs from any registry: one :class:`ManifestReader` per host.
+
+    What the signature checks read (attachments, their payloads, the manifests they sign).
+    Every method raises :class:`CannotTell` with the reason when a registry cannot be read for sure.
+    """
+
+    def __init__(self, authfile=None, tls_verify=True, cert_dir=None, timeout=30.0, insecure=()):
+        self.authfile = authfile
+        self.tls_verify = tls_verify
+        self.cert_dir = cert_dir
+        self.insecure = set(insecure)   # registries read without verifying their certificate
+        self.timeout = timeout
+        self._readers = {}
+        self._lock = threading.Lock()
+        self.requests = 0
+
+    def reader(self, registry):
+        with self._lock:
+            if registry not in self._readers:
+                self._readers[registry] = ManifestReader(registry, self.authfile, self.tls_verify and registry not in self.insecure,
+                                                         self.cert_dir, self.timeout)
+            self.requests += 1
+            return self._readers[registry]
+
+    def manifest(self, registry, repository, reference, accept=None):
+        """``(bytes, media type)`` of ``registry/repository`` at ``reference`` (tag or digest), or None (absent)."""
+        return self.reader(registry).get_manifest(repository, reference, accept or MANIFEST_ACCEPT)
+
+    def blob(self, registry, repository, digest, max_size):
+        """The bytes of a blob (checked against its digest), or None (absent)."""
+        return self.reader(registry).blob(repository, digest, max_size)

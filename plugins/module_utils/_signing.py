@@ -17,7 +17,11 @@ collection: transfer sets are signed with it, and image signatures (sigstore) bu
 - Signatures are those of ``cosign sign-blob``: ECDSA over SHA-256 (P-256) or SHA-384 (P-384),
   DER-encoded; Ed25519 over the bytes themselves. Several trusted keys are accepted at once, so a
   key can be rotated without a flag day.
-- Simple-signing payloads (the JSON a sigstore image signature signs) are built and read here too.
+- Image signatures (sigstore, as containers/image makes and checks them): the simple-signing payload
+  (a JSON document naming the image's manifest digest and its identity) is signed over SHA-256
+  whatever the key (ECDSA on any curve, RSA PKCS#1 v1.5, Ed25519 over the bytes themselves), and the
+  signature travels base64-encoded in an annotation. Trusted keys of image signatures may also be
+  RSA (Red Hat's release keys are RSA 4096). Payloads are built and read strictly here.
 """
 
 from __future__ import annotations
@@ -29,12 +33,12 @@ import os
 import re
 
 from ansible_collections.airgap.microshift.plugins.module_utils import _files
-from ansible_collections.airgap.microshift.plugins.module_utils._strict import OutsideDataError, field, load_json
+from ansible_collections.airgap.microshift.plugins.module_utils._strict import OutsideDataError, load_json
 
 try:
     from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
     from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
     HAS_CRYPTOGRAPHY = True
     CRYPTOGRAPHY_IMPORT_ERROR = None
@@ -50,6 +54,9 @@ except ImportError:  # pragma: no cover - depends on the host
     HAS_NACL = False
 
 KEY_TYPES = ("ecdsa-p256", "ed25519")
+# What an image signature's trusted key may be (containers/image accepts these through sigstore).
+IMAGE_KEY_TYPES = ("ecdsa-p256", "ecdsa-p384", "ecdsa-p521", "ed25519", "rsa")
+MIN_RSA_BITS = 2048
 KEY_FORMATS = ("pkcs8", "sigstore", "cosign")
 SIGSTORE_PEM = "ENCRYPTED SIGSTORE PRIVATE KEY"
 COSIGN_PEM = "ENCRYPTED COSIGN PRIVATE KEY"
@@ -98,22 +105,35 @@ def fingerprint(public_key):
 
 
 def key_type(key):
-    """``ecdsa-p256``, ``ecdsa-p384`` or ``ed25519`` for a public or private key; None for others."""
+    """``ecdsa-p256``, ``ecdsa-p384``, ``ecdsa-p521``, ``ed25519`` or ``rsa`` for a public or private key; None for others."""
     if isinstance(key, (ed25519.Ed25519PublicKey, ed25519.Ed25519PrivateKey)):
         return "ed25519"
     if isinstance(key, (ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey)):
-        return {"secp256r1": "ecdsa-p256", "secp384r1": "ecdsa-p384"}.get(key.curve.name)
+        return {"secp256r1": "ecdsa-p256", "secp384r1": "ecdsa-p384", "secp521r1": "ecdsa-p521"}.get(key.curve.name)
+    if isinstance(key, (rsa.RSAPublicKey, rsa.RSAPrivateKey)):
+        return "rsa"
     return None
 
 
-def _check_supported(key, what):
-    if key_type(key) is None:
+def _check_supported(key, what, image=False):
+    kind = key_type(key)
+    if image:
+        if kind not in IMAGE_KEY_TYPES:
+            raise SigningError("%s is not an ECDSA, RSA or Ed25519 key, the kinds an image signature is made with." % what)
+        if kind == "rsa" and key.key_size < MIN_RSA_BITS:
+            raise SigningError("%s is an RSA key of %d bits; image signature keys have at least %d." % (what, key.key_size, MIN_RSA_BITS))
+        return key
+    if kind not in ("ecdsa-p256", "ecdsa-p384", "ed25519"):
         raise SigningError("%s is not an ECDSA P-256, ECDSA P-384 or Ed25519 key." % what)
     return key
 
 
-def load_public_keys(data, what="the public key"):
-    """Every public key of a PEM text (one or several ``PUBLIC KEY`` blocks)."""
+def load_public_keys(data, what="the public key", image=False):
+    """Every public key of a PEM text (one or several ``PUBLIC KEY`` blocks).
+
+    With ``image``, the keys an image signature may be checked with (RSA as well); otherwise the
+    keys of transfer-set signatures.
+    """
     require_cryptography()
     keys = []
     for kind, block in _pem_blocks(data, what):
@@ -124,15 +144,15 @@ def load_public_keys(data, what="the public key"):
             key = serialization.load_pem_public_key(block)
         except (ValueError, UnsupportedAlgorithm) as exc:
             raise SigningError("%s holds a public key that cannot be read (%s)." % (what, exc))
-        keys.append(_check_supported(key, what))
+        keys.append(_check_supported(key, what, image))
     return keys
 
 
-def read_public_keys(paths):
+def read_public_keys(paths, image=False):
     """The public keys of the files ``paths`` (a trusted key ring), each file checked on its own."""
     keys = []
     for path in paths:
-        keys.extend(load_public_keys(_read_key_file(path), "The trusted key file %s" % path))
+        keys.extend(load_public_keys(_read_key_file(path), "The trusted key file %s" % path, image))
     return keys
 
 
@@ -310,7 +330,40 @@ def decode_signature(data, what="the signature"):
         raise SigningError("%s is not base64." % what)
 
 
-# ---------------------------------------------------------------- simple signing (sigstore image signatures)
+# ---------------------------------------------------------------- image signatures (sigstore)
+
+
+def image_sign(private_key, payload):
+    """The signature of an image signature's ``payload``, as containers/image and cosign make it.
+
+    SHA-256 whatever the key: ECDSA (DER) on any curve, RSA PKCS#1 v1.5, Ed25519 over the bytes.
+    """
+    require_cryptography()
+    kind = key_type(private_key)
+    if kind == "ed25519":
+        return private_key.sign(payload)
+    if kind == "rsa":
+        return private_key.sign(payload, padding.PKCS1v15(), hashes.SHA256())
+    if kind and kind.startswith("ecdsa-"):
+        return private_key.sign(payload, ec.ECDSA(hashes.SHA256()))
+    raise SigningError("The key is not an ECDSA, RSA or Ed25519 key.")
+
+
+def image_verify(public_key, signature, payload):
+    """True when ``signature`` is ``public_key``'s image signature of ``payload`` (see :func:`image_sign`)."""
+    kind = key_type(public_key)
+    try:
+        if kind == "ed25519":
+            public_key.verify(signature, payload)
+        elif kind == "rsa":
+            public_key.verify(signature, payload, padding.PKCS1v15(), hashes.SHA256())
+        elif kind and kind.startswith("ecdsa-"):
+            public_key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
+        else:
+            return False
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
 
 
 def simple_signing_payload(docker_reference, manifest_digest, optional=None):
@@ -322,18 +375,47 @@ def simple_signing_payload(docker_reference, manifest_digest, optional=None):
     return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 
+def _exact_fields(obj, names, where):
+    if not isinstance(obj, dict):
+        raise SigningError("%s is not a JSON object." % where)
+    missing = [name for name in names if name not in obj]
+    extra = sorted(key for key in obj if key not in names)
+    if missing or extra:
+        raise SigningError("%s must have exactly the keys %s (%s)." % (
+            where, ", ".join(names), "; ".join(filter(None, ["missing %s" % ", ".join(missing) if missing else "",
+                                                             "unexpected %s" % ", ".join(repr(k)[:40] for k in extra[:3]) if extra else ""]))))
+    return obj
+
+
 def parse_simple_signing_payload(data, what="the signature payload"):
-    """``(docker_reference, manifest_digest)`` of a simple-signing payload; strict about its shape."""
+    """``(docker_reference, manifest_digest)`` of a simple-signing payload, read as strictly as containers/image.
+
+    ``critical`` and ``optional`` and nothing else; ``critical`` holds exactly ``type``, ``image`` and
+    ``identity``; ``image`` exactly ``docker-manifest-digest``; ``identity`` exactly ``docker-reference``;
+    ``optional`` may be null, and its ``creator`` must be a string and its ``timestamp`` an integer.
+    Raises :class:`SigningError`, one sentence naming ``what``.
+    """
     try:
         doc = load_json(data, what, max_size=64 * 1024)
-        if not isinstance(doc, dict):
-            raise OutsideDataError("%s is not a JSON object." % what)
-        critical = field(doc, "critical", "object", what)
-        if field(critical, "type", "string", what + " critical") != SIMPLE_SIGNING_TYPE:
-            raise OutsideDataError("%s is not a container image signature (type %r)." % (what, critical["type"]))
-        identity = field(critical, "identity", "object", what + " critical")
-        image = field(critical, "image", "object", what + " critical")
-        return (field(identity, "docker-reference", "string", what + " identity"),
-                field(image, "docker-manifest-digest", "digest", what + " image"))
     except OutsideDataError as exc:
         raise SigningError(str(exc))
+    _exact_fields(doc, ("critical", "optional"), what)
+    critical = _exact_fields(doc["critical"], ("type", "image", "identity"), what + ", critical")
+    if critical["type"] != SIMPLE_SIGNING_TYPE:
+        raise SigningError("%s is not a container image signature (type %s)." % (what, repr(critical["type"])[:80]))
+    image = _exact_fields(critical["image"], ("docker-manifest-digest",), what + ", critical.image")
+    identity = _exact_fields(critical["identity"], ("docker-reference",), what + ", critical.identity")
+    optional = doc["optional"]
+    if optional is not None:
+        if not isinstance(optional, dict):
+            raise SigningError("%s: optional is not a JSON object." % what)
+        if "creator" in optional and not isinstance(optional["creator"], str):
+            raise SigningError("%s: optional.creator is not a string." % what)
+        stamp = optional.get("timestamp")
+        if "timestamp" in optional and (isinstance(stamp, bool) or not isinstance(stamp, (int, float))
+                                        or (isinstance(stamp, float) and not stamp.is_integer())):
+            raise SigningError("%s: optional.timestamp is not an integer." % what)
+    digest, reference = image["docker-manifest-digest"], identity["docker-reference"]
+    if not isinstance(digest, str) or not isinstance(reference, str):
+        raise SigningError("%s: the manifest digest and the docker reference must be strings." % what)
+    return reference, digest

@@ -81,6 +81,11 @@ _TRANSIENT_PATTERNS = (
      "connection closed unexpectedly (EOF)"),
     (r"temporary failure|network is unreachable|no route to host", "network unreachable"),
 )
+# skopeo itself crashed (a Go runtime panic, seen once under load with skopeo 1.9.3): a new process
+# usually goes through, and the retry budget bounds a crash that repeats. Tried before the other
+# patterns, which a stack trace could match by chance.
+_CRASH = re.compile(r"^(?:panic: |fatal error: |goroutine \d+ \[)", re.MULTILINE)
+_CRASH_CAUSE = "skopeo crashed (a Go runtime panic)"
 
 _COMPILED = [(re.compile(p, re.IGNORECASE), c, PERMANENT) for p, c in _PERMANENT_PATTERNS] + \
     [(re.compile(p, re.IGNORECASE), c, TRANSIENT) for p, c in _TRANSIENT_PATTERNS]
@@ -101,6 +106,8 @@ def classify_error(stderr):
     # request: only the other lines say what went wrong.
     lines = (stderr or "").splitlines()
     text = "\n".join(line for line in lines if "level=debug" not in line)
+    if _CRASH.search(text):
+        return TRANSIENT, _CRASH_CAUSE
     mismatch = _DIGEST_MISMATCH.search(text)
     if mismatch:
         return PERMANENT, "blob %s does not match its digest (its content hashes to %s)" % mismatch.groups()
@@ -145,6 +152,9 @@ def fatal_message(stderr):
     lines = [line.strip() for line in (stderr or "").splitlines() if line.strip() and "level=debug" not in line]
     if not lines:
         return ""
+    # a crash: its own first line says what happened, not the last frame of the stack
+    crash = [line for line in lines if line.startswith(("panic: ", "fatal error: "))]
+    lines = crash[:1] or lines
     for line in reversed(lines):
         if "level=fatal" in line or line.startswith("Error") or "FATA" in line:
             chosen = line

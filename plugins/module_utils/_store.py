@@ -23,7 +23,11 @@ import threading
 from ansible_collections.airgap.microshift.plugins.module_utils import _files, _strict
 from ansible_collections.airgap.microshift.plugins.module_utils._reference import InvalidReference, parse_reference
 
-STORE_FORMAT = 1
+# Format 2 is format 1 plus the images' signatures (sigstore attachments, under each image's
+# "signatures"); a store holds format 1 while no image has one, so older readers still read it,
+# and refuse a store whose signatures they would silently drop.
+STORE_FORMAT = 2
+STORE_FORMATS = (1, 2)
 STORE_INDEX = "store.json"
 BLOBS_DIR = "blobs"
 BLOB_DIR = "blobs/sha256"
@@ -54,7 +58,12 @@ def is_digest(value):
 
 
 def empty_index():
-    return {"format": STORE_FORMAT, "images": {}, "blobs": {}}
+    return {"format": 1, "images": {}, "blobs": {}}
+
+
+def index_format(data):
+    """The format a store index must declare: 2 when an image records a signature, else 1."""
+    return 2 if any(entry.get("signatures") for entry in data.get("images", {}).values()) else 1
 
 
 def registry_dir(registry):
@@ -248,18 +257,49 @@ def validate_entry(ref, entry, blobs, path):
             raise StoreError("%s: a single manifest must list itself, and only itself, under 'manifests'." % where)
     elif media_type not in INDEX_MEDIA_TYPES:
         raise StoreError("%s has media type %r, neither an image manifest nor an index." % (where, media_type[:100]))
+    # after the entry's own digest and manifests: a signature is judged against the image it belongs to
+    _validate_signatures(entry, where)
     for blob_digest, size in image_blobs(entry).items():
         if blobs.get(blob_digest) != size:
             raise StoreError("%s: blob %s (%d bytes) is not listed with that size under 'blobs'." % (where, blob_digest, size))
     return entry
 
 
+def _validate_signatures(entry, where):
+    """The entry's ``signatures``: ``{manifest digest: attachment}`` for its own manifests only."""
+    signatures = _strict.field(entry, "signatures", "object", where, optional=True)
+    if signatures is None:
+        return
+    own = set([entry["digest"]] + [m["digest"] for m in entry["manifests"]])
+    for signed, attachment in signatures.items():
+        at = "%s, signatures of %s" % (where, signed[:80])
+        _strict.check_digest(signed, at)
+        if signed not in own:
+            raise StoreError("%s: %s is not a manifest of the image." % (at, signed))
+        if not isinstance(attachment, dict):
+            raise StoreError("%s is not a JSON object." % at)
+        _strict.field(attachment, "digest", "digest", at)
+        _strict.field(attachment, "size", "size", at)
+        if _strict.field(attachment, "media_type", "string", at) != MEDIA_OCI_MANIFEST:
+            raise StoreError("%s has media type %r, not an OCI image manifest." % (at, attachment["media_type"][:100]))
+        blobs = _strict.field(attachment, "blobs", "list", at)
+        if not blobs:
+            raise StoreError("%s lists no blob (an attachment has a config and its signatures)." % at)
+        for blob in blobs:
+            if not isinstance(blob, dict):
+                raise StoreError("%s lists a blob that is not a JSON object." % at)
+            _strict.field(blob, "digest", "digest", at + ", blob")
+            _strict.field(blob, "size", "size", at + ", blob")
+            _strict.field(blob, "media_type", "string", at + ", blob", optional=True)
+
+
 def validate_index(data, path):
     """Check a whole store index (docs/store-format.md); StoreError with one sentence on the first fault."""
     if not isinstance(data, dict):
         raise StoreError("%s is not a store index: it is not a JSON object." % path)
-    if data.get("format") != STORE_FORMAT:
-        raise StoreError("%s has format %r; this collection reads format %d." % (path, data.get("format"), STORE_FORMAT))
+    if data.get("format") not in STORE_FORMATS or isinstance(data.get("format"), bool):
+        raise StoreError("%s has format %r; this collection reads formats %s." % (
+            path, data.get("format"), " and ".join(str(f) for f in STORE_FORMATS)))
     if not isinstance(data.get("images"), dict) or not isinstance(data.get("blobs"), dict):
         raise StoreError("%s is not a store index: 'images' and 'blobs' must be objects." % path)
     blobs = data["blobs"]
@@ -270,6 +310,8 @@ def validate_index(data, path):
             raise StoreError("%s lists blob %s with size %r, which is not a size in bytes." % (path, digest, size))
     for ref, entry in data["images"].items():
         validate_entry(ref, entry, blobs, path)
+    if data["format"] < index_format(data):
+        raise StoreError("%s has format %d but records image signatures, which need format 2." % (path, data["format"]))
     return data
 
 
@@ -356,7 +398,8 @@ def read_blob(store, digest, size, what, max_size=MAX_MANIFEST_SIZE):
 
 
 def write_index(store, data):
-    """Write the store index atomically (temporary file, fsync, rename)."""
+    """Write the store index atomically (temporary file, fsync, rename), with the format it needs."""
+    data["format"] = index_format(data)
     validate_index(data, os.path.join(store, STORE_INDEX))
     payload = json.dumps(data, indent=1, sort_keys=True).encode("utf-8") + b"\n"
     write_bytes_atomic(os.path.join(store, STORE_INDEX), payload)
@@ -370,6 +413,26 @@ def image_blobs(entry):
     for manifest in entry.get("manifests", []):
         blobs[manifest["digest"]] = manifest["size"]
         for blob in manifest.get("blobs", []):
+            blobs[blob["digest"]] = blob["size"]
+    blobs.update(signature_blobs(entry))
+    return blobs
+
+
+def signature_summary(entry):
+    """``{"signed", "unsigned"}`` manifests of an entry, or None when its signatures were never looked up."""
+    if "signatures" not in entry:
+        return None
+    digests = set([entry["digest"]] + [m["digest"] for m in entry.get("manifests", [])])
+    signed = len(set(entry["signatures"]) & digests)
+    return {"signed": signed, "unsigned": len(digests) - signed}
+
+
+def signature_blobs(entry):
+    """The blobs of an entry's signatures (attachment manifests, configs, payloads) as ``{digest: size}``."""
+    blobs = {}
+    for attachment in (entry.get("signatures") or {}).values():
+        blobs[attachment["digest"]] = attachment["size"]
+        for blob in attachment.get("blobs", []):
             blobs[blob["digest"]] = blob["size"]
     return blobs
 

@@ -22,6 +22,12 @@ manifests are read strictly (regular files only, never through a link, size-capp
 must hash to their digest, an index may only list manifests (no nested index, each walked once),
 and every blob file a push will read must be a regular file of the size its manifest gives.
 
+Signatures: an image of the store carries the sigstore attachments of its manifests (see
+docs/store-format.md). Each lands in the image's mirror repository under the tag the containers
+tools look for, ``sha256-<hex>.sig`` (``_sigstore.attachment_tag``), pushed with ``skopeo copy
+--preserve-digests`` from a one-manifest layout over the store's blobs; an attachment the mirror
+already serves with the same digest is skipped, like a blob that is already there.
+
 Pushes keep digests (``--all --preserve-digests``). Blobs shared between images are sent once:
 containers/image mounts a blob from another repository of the same registry when its blob-info
 cache knows the blob is there, so two pushes that need the same blob never run at the same time
@@ -33,11 +39,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import stat
+import tempfile
 import threading
 import time
 
-from ansible_collections.airgap.microshift.plugins.module_utils import _store, _strict, _workers
+from ansible_collections.airgap.microshift.plugins.module_utils import _sigstore, _store, _strict, _workers
 from ansible_collections.airgap.microshift.plugins.module_utils._reference import (
     InvalidReference,
     is_digest,
@@ -147,6 +155,7 @@ class Image:
         self.uploaded = []              # blob digests skopeo reported as uploaded
         self.reused = []                # blob digests skopeo reported as already there or mounted
         self.attempts = 0
+        self.signatures = []            # sigstore attachments: {"manifest", "tag", "digest", "size", "blobs", "status"}
 
     @property
     def mirror_ref(self):
@@ -156,13 +165,17 @@ class Image:
         return "docker://%s" % ("%s:%s" % (self.repository, self.tag) if self.tag else self.mirror_ref)
 
     def mapping(self):
-        return {
+        entry = {
             "source": self.source,
             "mirror": self.mirror_ref,
             "digest": self.digest,
             "tag": self.tag,
             "status": self.status,
         }
+        if self.signatures:
+            entry["signatures"] = [{"manifest": sig["manifest"], "mirror": "%s:%s" % (self.repository, sig["tag"]),
+                                    "digest": sig["digest"], "status": sig["status"]} for sig in self.signatures]
+        return entry
 
 
 def walk_manifests(image, read_manifest):
@@ -238,8 +251,31 @@ def load_store(store):
         walk_manifests(image, read_manifest)
         if _store.read_layout_digest(store, entry["layout"]) != entry["digest"]:
             raise UploadError("Image %s has no OCI layout naming %s at %s." % (ref, entry["digest"], image.path))
+        image.signatures = load_signatures(store, ref, entry)
         images.append(image)
     return images
+
+
+def load_signatures(store, ref, entry):
+    """The attachments an image of the store records, each read strictly and checked against its record."""
+    out = []
+    for manifest, record in sorted((entry.get("signatures") or {}).items()):
+        what = "The signatures of manifest %s of image %s" % (manifest, ref)
+        try:
+            raw = _store.read_blob(store, record["digest"], record["size"], what, max_size=_sigstore.MAX_ATTACHMENT)
+            attachment = _sigstore.parse_attachment(raw, what)
+        except (_store.StoreError, _sigstore.SigstoreError) as exc:
+            raise UploadError("%s cannot be pushed: %s" % (what, str(exc).rstrip(".")) + ".")
+        blobs = _sigstore.attachment_blobs(attachment)
+        if [(b["digest"], b["size"]) for b in blobs] != [(b["digest"], b["size"]) for b in record["blobs"]]:
+            raise UploadError("%s: the attachment %s lists other blobs than store.json records for it." % (what, record["digest"]))
+        for blob in blobs:
+            problem = _store.verify_blob(store, blob["digest"], blob["size"])
+            if problem:
+                raise UploadError("%s cannot be pushed: %s." % (what, problem))
+        out.append({"manifest": manifest, "tag": _sigstore.attachment_tag(manifest), "digest": record["digest"],
+                    "size": record["size"], "blobs": blobs, "status": None})
+    return out
 
 
 def _dir_file(root, relpath, what, size=None, max_size=None):
@@ -468,6 +504,44 @@ class Registry:
             return False, exc.message
         return True, None
 
+    def push_signature(self, image, signature, store):
+        """Push one attachment of ``image`` under its tag; returns ``(ok, message)``."""
+        layout = tempfile.mkdtemp(prefix="airgap-signature-")
+        try:
+            _store.write_layout(layout, ".", signature["digest"], _sigstore.ATTACHMENT_MEDIA_TYPE, signature["size"])
+            target = "docker://%s:%s" % (image.repository, signature["tag"])
+            argv = self.tool().copy_argv("oci:%s" % os.path.abspath(layout), target, dest_options=self.options, all_images=False,
+                                         src_shared_blob_dir=os.path.join(store, _store.BLOBS_DIR))
+            self.tool().run(argv, what="Pushing the signatures of %s (%s) to %s" % (image.source, signature["manifest"], target[9:]))
+        except SkopeoError as exc:
+            return False, exc.message
+        except OSError as exc:
+            return False, "Cannot prepare the signatures of %s for the push: %s" % (image.source, exc.strerror or exc)
+        finally:
+            shutil.rmtree(layout, ignore_errors=True)
+        return True, None
+
+    def served_tag(self, repository, tag, digest):
+        """Like :meth:`served`, for a tag: ``(True, None)`` when ``repository:tag`` is the manifest ``digest``."""
+        ref = "%s:%s" % (repository, tag)
+        if self.direct_reads:
+            host, dummy, path = repository.partition("/")
+            try:
+                found = self.reader(host).get_manifest(path, tag, accept=_sigstore.ATTACHMENT_MEDIA_TYPE)
+                with self._readers_lock:
+                    self.direct_checks += 1
+                return found is not None and "sha256:" + hashlib.sha256(found[0]).hexdigest() == digest, None
+            except CannotTell:
+                pass
+        try:
+            result = self.tool().run(self.tool().inspect_argv(ref, self.options), what="Checking %s" % ref)
+        except SkopeoError as exc:
+            if exc.kind == PERMANENT and exc.cause.startswith(_ABSENT_CAUSES):
+                return False, None
+            return False, exc.message
+        body = result.stdout if isinstance(result.stdout, bytes) else (result.stdout or "").encode("utf-8")
+        return "sha256:" + hashlib.sha256(body).hexdigest() == digest, None
+
     def served(self, repository, digest):
         """``(True, None)`` when the mirror serves ``repository@digest`` with those exact bytes.
 
@@ -575,6 +649,7 @@ class Upload:
         self.stopped = False
         self.culprit = None
         self.to_push = []
+        self.signatures_to_push = []     # (image, attachment) pairs the mirror did not serve
         self.missing = []
         self.started = time.time()
         self._lock = threading.Lock()
@@ -636,6 +711,60 @@ class Upload:
         self._not_started(run_scheduled(order, self.parallel, push, lambda: self.stopped))
         return all(image.status == "pushed" for image in to_push)
 
+    def check_signatures(self, images=None):
+        """Mark each attachment of the (primary) images the mirror already serves as skipped.
+
+        Returns the ``(image, signature)`` pairs still to push; an attachment that cannot be checked
+        fails its image.
+        """
+        pairs = [(image, sig) for image in (images if images is not None else self.primaries)
+                 if image.status != "failed" for sig in image.signatures]
+
+        def check(pair):
+            image, sig = pair
+            served, message = self.registry.served_tag(image.repository, sig["tag"], sig["digest"])
+            if message:
+                sig["status"] = "failed"
+                self._failed(image, "Cannot check the signatures of %s on the mirror: %s" % (image.source, message))
+            elif served:
+                sig["status"] = "skipped"
+            return pair
+
+        run_parallel(pairs, self.check_parallel, check)
+        return [(image, sig) for image, sig in pairs if sig["status"] is None]
+
+    def push_signatures(self, pairs):
+        """Push the attachments (after their images); an attachment that fails fails its image."""
+        def push(pair):
+            image, sig = pair
+            if image.status == "failed" or self.stopped:
+                sig["status"] = "failed"
+                return pair
+            ok, message = self.registry.push_signature(image, sig, self.store)
+            sig["status"] = "pushed" if ok else "failed"
+            if not ok:
+                self._failed(image, message)
+            return pair
+
+        run_parallel(pairs, self.parallel, push)
+        return all(sig["status"] == "pushed" for dummy, sig in pairs)
+
+    def verify_signatures(self, scope="pushed"):
+        """Every attachment pushed by this run (with ``scope="all"``, every one) served under its tag."""
+        statuses = ("pushed", "skipped") if scope == "all" else ("pushed",)
+        checks = [(image, sig) for image in self.primaries for sig in image.signatures if sig["status"] in statuses]
+
+        def check(pair):
+            image, sig = pair
+            served, message = self.registry.served_tag(image.repository, sig["tag"], sig["digest"])
+            return None if served else (image, "%s:%s" % (image.repository, sig["tag"]), message or "not served")
+
+        missing = [result for result in run_parallel(checks, self.check_parallel, check) if result]
+        for image, dummy, dummy2 in missing:
+            image.status = "failed"
+            image.error = "The mirror does not serve every signature of %s after the push." % image.source
+        return missing
+
     def run(self, tag_policy, check_mode=False, verify="pushed"):
         """Check the mirror, tag, then (outside check mode) push and verify. Raises :class:`UploadError`."""
         to_push = self.check_present()
@@ -645,12 +774,18 @@ class Upload:
         assign_tags(to_push, tag_policy, timestamp_stamp(self.started))
         self.to_push = to_push
         if check_mode:
+            self.signatures_to_push = self.check_signatures()
+            for image, signature in self.signatures_to_push:
+                signature["status"] = "pushed"
             for image in to_push:
                 image.status = "pushed"
             return self
         self.on_start(len(to_push), len(self.primaries))
         self.push_all(to_push)
-        self.missing = self.verify(verify)
+        # the attachments after their images: a host finds a signature only next to its image
+        self.signatures_to_push = self.check_signatures()
+        self.push_signatures(self.signatures_to_push)
+        self.missing = self.verify(verify) + self.verify_signatures(verify)
         return self
 
     def verify(self, scope="pushed"):
@@ -685,6 +820,7 @@ class Upload:
                 image.status = primary.status
                 image.tag = primary.tag
                 image.error = primary.error
+                image.signatures = primary.signatures
 
     def summary(self, duration):
         counts = dict((status, 0) for status in STATUSES)
@@ -699,6 +835,7 @@ class Upload:
             uploaded.update(image.uploaded)
             reused.update(image.reused)
         uploads = sum(len(image.uploaded) for image in self.primaries)
+        counts.update(signature_counts(self.primaries))
         counts.update({
             "images": len(self.images),
             "bytes": sum(sizes.get(blob, 0) for image in self.primaries for blob in image.uploaded),
@@ -712,8 +849,7 @@ class Upload:
     def failure(self):
         """The sentence that fails the task, or None: the culprit's own error first."""
         if self.missing:
-            return "The mirror does not serve %d manifest(s) after the upload: %s." % (
-                len(self.missing), ", ".join("%s@%s" % (image.repository, digest) for image, digest, dummy in self.missing))
+            return "The mirror does not serve %d manifest(s) after the upload: %s." % (len(self.missing), ", ".join(self.missing_names()))
         failed = self.failures()
         if not failed:
             return None
@@ -730,6 +866,10 @@ class Upload:
                 len(unstarted), ", ".join(image.source for image in unstarted))
         return message
 
+    def missing_names(self):
+        """What the final check found missing: ``repository@digest`` of a manifest, ``repository:tag`` of an attachment."""
+        return ["%s@%s" % (image.repository, name) if name.startswith("sha256:") else name for image, name, dummy in self.missing]
+
     def failures(self):
         """The images that failed, the culprit first, then in source order."""
         failed = sorted((image for image in self.primaries if image.status == "failed"), key=lambda i: i.source)
@@ -743,15 +883,16 @@ class Upload:
         self.finish()
         result = {"mapping": mapping_document(self.images)}
         if check_mode and not self.stopped:
-            result.update(changed=bool(self.to_push), summary=planned_summary(self.images, self.to_push))
+            result.update(changed=bool(self.to_push or self.signatures_to_push), summary=planned_summary(self.images, self.to_push))
             return None, result
-        result.update(changed=any(image.status == "pushed" for image in self.images),
+        result.update(changed=any(image.status == "pushed" or any(sig["status"] == "pushed" for sig in image.signatures)
+                                  for image in self.primaries),
                       summary=self.summary(time.time() - self.started))
         failure = self.failure()
         if failure:
             result["failures"] = [image.error for image in self.failures()]
             if self.missing:
-                result["missing_manifests"] = ["%s@%s" % (image.repository, digest) for image, digest, dummy in self.missing]
+                result["missing_manifests"] = self.missing_names()
         return failure, result
 
 
@@ -760,9 +901,20 @@ def image_bytes(image):
     return sum(image.blobs.get(blob, 0) for blob in set(image.uploaded))
 
 
+def signature_counts(primaries):
+    """``signatures_pushed``, ``signatures_skipped`` and ``signatures_failed`` over the images' attachments."""
+    counts = {"signatures_pushed": 0, "signatures_skipped": 0, "signatures_failed": 0}
+    for image in primaries:
+        for sig in image.signatures:
+            if sig["status"] in ("pushed", "skipped", "failed"):
+                counts["signatures_" + sig["status"]] += 1
+    return counts
+
+
 def planned_summary(images, to_push):
     """The summary of a check-mode run: what would be pushed and how many bytes at most."""
     counts = dict((status, 0) for status in STATUSES)
+    counts.update(signature_counts([image for image in images if image.duplicate_of is None]))
     for image in images:
         counts[image.status or "failed"] += 1
     sizes = {}

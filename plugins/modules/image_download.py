@@ -32,8 +32,20 @@ description:
     new blobs), then the image is recorded in C(store.json), written atomically under a lock.
   - Docker schema 2 images keep their original manifests and digests (the layout references the
     docker media types), so an upload with C(--preserve-digests) reproduces the source digests.
+  - With O(signatures=true), the sigstore signatures of every manifest (the index and each
+    per-architecture manifest) are fetched from the source registry with the image. They are the
+    attachments a registry keeps under the tag C(sha256-<hex>.sig) next to the image; an absent
+    tag means the manifest is unsigned. They are stored as ordinary blobs of the store, so
+    transfer sets carry them and M(airgap.microshift.image_upload) pushes them to the mirror.
+  - With O(signature_scopes), images under those scopes must be signed by one of O(signature_keys);
+    the signature of each per-architecture manifest (the one a host pulls and its policy checks)
+    must verify, name that manifest's digest and the image's repository, and a signed index must
+    verify too. The check runs in Python before any layer is copied (no sigstore-enabled skopeo is
+    needed), and a refused image fails, naming the image and the reason.
 author:
   - airgap.microshift contributors (@airgap-microshift)
+requirements:
+  - the Python package cryptography on the host that runs the module when O(signature_scopes) is set
 extends_documentation_fragment:
   - airgap.microshift.skopeo
   - airgap.microshift.skopeo.validate_certs
@@ -95,6 +107,42 @@ options:
         Should the module die before it can write the C(end) line, a watcher process writes C(end failed) for it."
     type: path
     version_added: 0.1.0
+  signatures:
+    description:
+      - Fetch the sigstore signatures (attachments) of every manifest into the store.
+      - An image stored before its signatures were looked up has them fetched on the next run
+        (its layers are not fetched again).
+    type: bool
+    default: true
+    version_added: 0.1.0
+  signature_scopes:
+    description:
+      - Registry scopes whose images must be signed by one of O(signature_keys), as in
+        containers-policy.json(5) (C(quay.io/openshift-release-dev), C(registry.redhat.io)); a
+        registry, a repository namespace or a repository.
+      - An image under such a scope whose signature is missing or does not verify fails, naming
+        the reason; with O(keep_going=false) it stops the download like any failure.
+    type: list
+    elements: str
+    default: []
+    version_added: 0.1.0
+  signature_exceptions:
+    description:
+      - Scopes under O(signature_scopes) whose images may be unsigned (a repository a vendor does
+        not sign). The most specific of O(signature_scopes) and O(signature_exceptions) decides.
+    type: list
+    elements: str
+    default: []
+    version_added: 0.1.0
+  signature_keys:
+    description:
+      - Public key files (PEM C(PUBLIC KEY), RSA, ECDSA or Ed25519) on the host that runs the
+        module, any of which may have made the signatures required by O(signature_scopes), such as
+        Red Hat's release key 3.
+    type: list
+    elements: path
+    default: []
+    version_added: 0.1.0
 seealso:
   - module: airgap.microshift.registry_auth
 """
@@ -114,6 +162,17 @@ EXAMPLES = r"""
 - name: Show what was fetched
   ansible.builtin.debug:
     msg: "{{ download.summary }}"
+
+- name: Download the release, requiring Red Hat's signatures where Red Hat signs
+  airgap.microshift.image_download:
+    images: "{{ release_images }}"
+    store: /srv/microshift-images
+    authfile: /root/.config/containers/auth.json
+    signature_scopes:
+      - quay.io/openshift-release-dev
+      - registry.redhat.io
+    signature_keys:
+      - /etc/containers/RedHat_ReleaseKey3.pub
 
 - name: Plan only (how many bytes are still missing)
   airgap.microshift.image_download:
@@ -168,6 +227,13 @@ images:
       description: Why the image failed, naming the image and the cause; null otherwise.
       type: str
       sample: "quay.io/example/app:1.0: manifest unknown: the image, tag or digest does not exist in the registry"
+    signatures:
+      description:
+        - The image's manifests that are signed and unsigned, and how many signatures were verified
+          (only under O(signature_scopes)); null when signatures are not fetched.
+      type: dict
+      sample: {signed: 3, unsigned: 0, verified: 2}
+      version_added: 0.1.0
 summary:
   description: Totals of the run.
   returned: always
@@ -183,6 +249,7 @@ summary:
     duration: 48.2
     throughput: 15228282
     retries: 1
+    signatures: {signed: 36, unsigned: 3, verified: 24, bytes: 61440, seconds: 0.8, images_refused: 0}
 plan:
   description:
     - The download plan. Images to fetch, skipped and failed at planning, logical and unique bytes,
@@ -222,6 +289,10 @@ def main():
             verify=dict(type="bool", default=False),
             free_space_margin=dict(type="int", default=1073741824),
             progress_file=dict(type="path"),
+            signatures=dict(type="bool", default=True),
+            signature_scopes=dict(type="list", elements="str", default=[]),
+            signature_exceptions=dict(type="list", elements="str", default=[]),
+            signature_keys=dict(type="list", elements="path", default=[], no_log=False),
         ),
         supports_check_mode=True,
     )
@@ -239,6 +310,8 @@ def main():
 
     problem = (download.request_problem(refs, params["store"]) or _skopeo.option_problem(params)
                or _skopeo.at_least("free_space_margin", params["free_space_margin"], 0))
+    if not problem:
+        problem, signatures = download.signature_options(params)
     if problem:
         fail(problem)
     try:
@@ -250,7 +323,7 @@ def main():
         module.warn(warning)
     options = download.DownloadOptions(params["store"], _skopeo.registry_options(params), parallel=params["parallel"],
                                        keep_going=params["keep_going"], verify=params["verify"],
-                                       free_space_margin=params["free_space_margin"])
+                                       free_space_margin=params["free_space_margin"], signatures=signatures)
     run = download.DownloadRun(refs, _skopeo.Skopeo.from_params(binary, params), options, check_mode=module.check_mode,
                                on_start=lambda count: progress.start(count, len(refs)),
                                on_image=lambda item: progress.item(item["status"], item["ref"], item["fetched_bytes"]))

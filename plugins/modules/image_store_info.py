@@ -103,6 +103,14 @@ images:
       description: What is wrong with an incomplete or corrupt image, naming the blob; null otherwise.
       type: str
       sample: "blob sha256:5f4b... is missing"
+    signatures:
+      description:
+        - How many of the image's manifests (the index and each per-architecture manifest) the store holds a
+          sigstore signature attachment for, and how many were unsigned at the source; null when the image's
+          signatures were never looked up (or the image is not recorded).
+      type: dict
+      sample: {signed: 3, unsigned: 0}
+      version_added: 0.1.0
 complete:
   description: The references that are complete.
   returned: always
@@ -119,9 +127,19 @@ summary:
   description:
     - Counts, and the sizes of the complete images. C(unique_bytes) counts every blob they share once;
       C(logical_bytes) counts each image whole.
+    - C(signed_manifests) and C(unsigned_manifests) count the manifests of the complete images with and without
+      a signature attachment (those whose signatures were looked up).
   returned: always
   type: dict
-  sample: {images: 57, complete: 57, missing: 0, logical_bytes: 25777411211, unique_bytes: 1646962297, blobs: 447, dedup_ratio: 15.651}
+  sample: {images: 57, complete: 57, missing: 0, logical_bytes: 25777411211, unique_bytes: 1646962297, blobs: 447, dedup_ratio: 15.651,
+           signed_manifests: 108, unsigned_manifests: 63}
+signatures_not_looked_up:
+  description: The complete images whose signatures were never looked up (stored before signatures were fetched).
+  returned: always
+  type: list
+  elements: str
+  sample: []
+  version_added: 0.1.0
 store_exists:
   description: Whether the store directory exists.
   returned: always
@@ -158,6 +176,9 @@ def main():
         if ref not in refs:
             refs.append(ref)
     images = [store_mod.image_status(store, index, ref, checksum=module.params["checksum"]) for ref in refs]
+    for image in images:
+        entry = index["images"].get(image["ref"])
+        image["signatures"] = store_mod.signature_summary(entry) if entry else None
     complete = [image["ref"] for image in images if image["status"] == "complete"]
     unique = {}
     logical = 0
@@ -173,9 +194,12 @@ def main():
         "unique_bytes": unique_bytes,
         "blobs": len(unique),
         "dedup_ratio": round(float(logical) / unique_bytes, 3) if unique_bytes else 1.0,
+        "signed_manifests": sum((image["signatures"] or {}).get("signed", 0) for image in images if image["ref"] in complete),
+        "unsigned_manifests": sum((image["signatures"] or {}).get("unsigned", 0) for image in images if image["ref"] in complete),
     }
     module.exit_json(changed=False, images=images, complete=complete,
                      missing=[image["ref"] for image in images if image["status"] != "complete"],
+                     signatures_not_looked_up=[image["ref"] for image in images if image["status"] == "complete" and image["signatures"] is None],
                      summary=summary, store_exists=exists)
 
 

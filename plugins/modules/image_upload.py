@@ -36,6 +36,12 @@ description:
     permission and certificate errors fail that image at once.
   - After the pushes, checks that the mirror serves every manifest (the top-level one and each
     architecture's) of every image, and fails naming the ones it does not.
+  - The sigstore signatures a store holds (fetched by M(airgap.microshift.image_download)) land in
+    each image's mirror repository under the tag the containers tools read them from,
+    C(sha256-<hex of the signed manifest>.sig), so a host whose C(registries.d) enables
+    C(use-sigstore-attachments) for the mirror finds them. An attachment the mirror already serves
+    with the same digest is skipped; one with other content is replaced. They are verified after the
+    push like the manifests, and listed in the mapping.
 author:
   - airgap.microshift contributors (@airgap-microshift)
 extends_documentation_fragment:
@@ -177,6 +183,8 @@ mapping:
     - C(status) is V(pushed), V(skipped) (the mirror already served it), V(failed) or V(not_started) (after another image
       failed, with O(keep_going=false)); in check mode, what would happen.
     - C(tag) is the tag given on the mirror, V(null) when the image was pushed by digest or skipped.
+    - C(signatures), for an image whose store entry holds signatures, lists each attachment with the
+      manifest it signs, where it is on the mirror, its digest and its status (V(pushed), V(skipped), V(failed)).
   returned: success and failure after the images were read
   type: list
   elements: dict
@@ -186,6 +194,11 @@ mapping:
       digest: sha256:0f2d1c2e2bd5c9d6e1e4d0cbbd2b8d8f4b0f6d5d9e2c2a9a0c9c4d9e4f6a1b2c
       tag: mirror-261124073000-1
       status: pushed
+      signatures:
+        - manifest: sha256:0f2d1c2e2bd5c9d6e1e4d0cbbd2b8d8f4b0f6d5d9e2c2a9a0c9c4d9e4f6a1b2c
+          mirror: mirror.example.com:8443/openshift-release-dev/ocp-v4.0-art-dev:sha256-0f2d1c2e2bd5c9d6e1e4d0cbbd2b8d8f4b0f6d5d9e2c2a9a0c9c4d9e4f6a1b2c.sig
+          digest: sha256:5d1e3a3c8b7e3a1c0b5d1e3a3c8b7e3a1c0b5d1e3a3c8b7e3a1c0b5d1e3a3c8b
+          status: pushed
 summary:
   description:
     - Counts of the run. C(bytes) is the size of the blobs skopeo uploaded (mounted and present blobs excluded;
@@ -193,10 +206,11 @@ summary:
     - C(blobs_uploaded) counts blob uploads, C(blobs_reused) blobs found on the mirror or mounted from another repository.
     - C(retries) counts the pushes that were retried after a transient error (connection reset, 429, 5xx) and then went on.
     - C(duration) is in seconds.
+    - C(signatures_pushed), C(signatures_skipped) and C(signatures_failed) count the images' signature attachments.
   returned: success and failure after the images were read
   type: dict
   sample: {images: 3, pushed: 2, skipped: 1, failed: 0, not_started: 0, bytes: 734003200, blobs_uploaded: 14, blobs_reused: 5,
-           retries: 0, duration: 42.7}
+           retries: 0, duration: 42.7, signatures_pushed: 6, signatures_skipped: 3, signatures_failed: 0}
 source_format:
   description: The format that was read, V(store) or V(dir).
   returned: always
@@ -209,7 +223,7 @@ failures:
   elements: str
   sample: ["Pushing quay.io/a/b@sha256:... to mirror.example.com:8443/a/b:mirror-261124073000-1 failed: unauthorized: authentication required"]
 missing_manifests:
-  description: The manifests (C(<repository>@<digest>)) the mirror did not serve after the pushes.
+  description: The manifests (C(<repository>@<digest>)) and signature attachments (C(<repository>:<tag>)) the mirror did not serve after the pushes.
   returned: failure of the final check
   type: list
   elements: str

@@ -477,12 +477,12 @@ class Bench:
         fig["ansible"] = summarize_ansible(out)
         return fig
 
-    def ours_vars(self, namespace="bench-ours"):
+    def ours_vars(self, namespace="bench-ours", signatures=True):
         return {"bench_images": self.plan["refs"], "bench_store": os.path.join(self.transfer, "ours", "store"),
-                "bench_parallel": self.args.jobs, "bench_namespace": namespace}
+                "bench_parallel": self.args.jobs, "bench_namespace": namespace, "bench_signatures": signatures}
 
     # phases ------------------------------------------------------------------------------------
-    def download(self, mode):
+    def download(self, mode, signatures=True):
         dest = os.path.join(self.transfer, mode)
         shutil.rmtree(dest, ignore_errors=True)
         os.makedirs(dest)
@@ -505,7 +505,7 @@ class Bench:
                                self.log_path, self.env, self.args.timeout)
             result_dir = dest
         else:
-            fig = self.ansible("download.yml", self.ours_vars(), "download")
+            fig = self.ansible("download.yml", self.ours_vars(signatures=signatures), "download" if signatures else "download-nosig")
             result_dir = os.path.join(dest, "store")
         fig["timeline"] = timeline.stop()
         fig["idle_s"] = idle_seconds(fig["timeline"], self.bw) if self.bw else None
@@ -602,6 +602,11 @@ class Bench:
         need_download = bool({"download", "upload"} & parts) or "noop" in parts
         for mode in modes:
             res = self.results.setdefault(mode, {})
+            if need_download and mode == "ours" and self.args.signatures_cost:
+                # the same download without the signatures first, into a store of its own: the cost of
+                # the signatures is the difference (the store is removed, the real download follows)
+                res["download@nosig"] = self.download(mode, signatures=False)
+                subprocess.run(["sync"], check=False)
             if need_download and (mode == "ours" or {"download", "upload"} & parts):
                 res["download"] = self.download(mode)
                 if res["download"]["rc"] != 0:
@@ -624,6 +629,28 @@ class Bench:
         if "bundle" in parts:
             self.results["bundle"] = self.bundle()
         return self.results
+
+
+def signatures_cost(results):
+    """What the signatures add to ours' download: wall seconds, bytes from the registries, the store, and the
+    module's own count (manifests signed, attachment bytes), from a run with ``--signatures-cost``; or None."""
+    ours = results.get("ours", {})
+    with_sig, without = ours.get("download", {}), ours.get("download@nosig", {})
+    if with_sig.get("rc") != 0 or without.get("rc") != 0:
+        return None
+    counted = {}
+    for res in with_sig.get("ansible", {}).get("results", {}).values():
+        if isinstance(res.get("summary"), dict) and isinstance(res["summary"].get("signatures"), dict):
+            counted = res["summary"]["signatures"]
+    extra_s = round(with_sig["wall_s"] - without["wall_s"], 3)
+    return {
+        "wall_s_without": without["wall_s"], "wall_s_with": with_sig["wall_s"], "extra_s": extra_s,
+        "extra_share": round(extra_s / without["wall_s"], 4) if without["wall_s"] else None,
+        "wan_bytes_without": without["wan"]["bytes_down"], "wan_bytes_with": with_sig["wan"]["bytes_down"],
+        "extra_wan_bytes": with_sig["wan"]["bytes_down"] - without["wan"]["bytes_down"],
+        "store_bytes_without": without["store_apparent_bytes"], "store_bytes_with": with_sig["store_apparent_bytes"],
+        "module": counted,
+    }
 
 
 def upload_key(bandwidth):
@@ -798,6 +825,8 @@ def parse_args(argv=None):
     parser.add_argument("--state-dir", default="/tmp/amsb-bench", help="test bed state dir (default /tmp/amsb-bench)")
     parser.add_argument("--out", default=os.path.join(HERE, "results"), help="directory for the results JSON (default tests/benchmarks/results)")
     parser.add_argument("--chart", help="also draw the chart (PNG) of this run here (needs matplotlib)")
+    parser.add_argument("--signatures-cost", action="store_true",
+                        help="also run ours' download without signatures (download_signatures: false) first, to give their cost")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed (default: exit 0 when every command succeeded)")
     args = parser.parse_args(argv)
     bw, lat, limit, timeout = SIZE_DEFAULTS[args.size]
@@ -853,6 +882,12 @@ def main(argv=None):
         sb.down()
         report["duration_s"] = round(time.monotonic() - t0, 1)
         report["targets"] = verdicts(report["results"])
+        cost = signatures_cost(report["results"])
+        if cost:
+            report["signatures_cost"] = cost
+            log("signatures: download %.1f s without, %.1f s with (%+.1f s, %+.2f%%); %+d bytes from the registries; module: %s" % (
+                cost["wall_s_without"], cost["wall_s_with"], cost["extra_s"], 100 * (cost["extra_share"] or 0),
+                cost["extra_wan_bytes"], json.dumps(cost["module"], sort_keys=True)))
         if "parameters" in report:
             write_report(report, args, stamp, work)
     if not phases_ok(report["results"], args):

@@ -140,6 +140,13 @@ def cmd_update(args):
     return 0
 
 
+def cmd_signature(args):
+    sb = Sandbox(_state_dir(args), log=_log)
+    done = sb.mirror_signature(args.repository, args.manifest, key=args.key, identity=args.identity, remove=args.remove)
+    print(json.dumps(done, indent=2, sort_keys=True))
+    return 0
+
+
 def cmd_wan(args):
     sb = Sandbox(_state_dir(args))
     if args.reset_counters:
@@ -244,6 +251,15 @@ def build_parser():
     p.add_argument("--changed", type=int, default=2, help="how many images change (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print the update as JSON")
     p.set_defaults(func=cmd_update)
+
+    p = sub.add_parser("signature", help="tamper with a manifest's signatures on the site mirror (remove them, or replace them)")
+    add_state(p)
+    p.add_argument("--repository", required=True, help="the mirror repository without its host, namespace included")
+    p.add_argument("--manifest", required=True, help="the digest of the signed manifest")
+    p.add_argument("--remove", action="store_true", help="drop the attachment's tag")
+    p.add_argument("--key", choices=("release", "other"), default="release", help="sign with the test release key or another key")
+    p.add_argument("--identity", help="the docker reference the new signature names")
+    p.set_defaults(func=cmd_signature)
 
     p = sub.add_parser("wan", help="read counters of the WAN proxy or change its settings")
     add_state(p)

@@ -14,6 +14,12 @@ most images, a middle layer per component group, and an image-specific top layer
 The images are written straight into the filesystem storage layout of the distribution registry
 (one storage root per registry name), so that a ``docker-registry`` pointed at it serves them.
 Everything is deterministic for (version, size, seed, ref_mode) and cached on disk.
+
+The release is signed as Red Hat signs its own (``signatures.py``): a test release key (RSA 4096,
+kept in the cache entry's ``keys/``) signs the index and each per-architecture manifest of every
+image of ``quay.io/openshift-release-dev`` and ``registry.redhat.io``, for the repository by
+digest and for each of its tags; a few repositories are left unsigned, as in real releases
+(``UNSIGNED_REPOSITORIES``), and the other registries are not signed at all.
 """
 
 from __future__ import annotations
@@ -31,7 +37,13 @@ import tarfile
 import tempfile
 import zlib
 
+from . import signatures as sigs
+
 GENERATOR_VERSION = 1
+# Part of the cache key: a release cached before its signatures existed is not reused.
+SIGNING_VERSION = 1
+SIGNED_SCOPES = ("quay.io/openshift-release-dev/", "registry.redhat.io/")
+UNSIGNED_REPOSITORIES = ("registry.redhat.io/openshift-service-mesh-tech-preview/",)
 DEFAULT_VERSION = "5.0"
 DEFAULT_SEED = 1
 DEFAULT_CACHE_DIR = os.environ.get("AMSB_CACHE_DIR", "/var/tmp/airgap-microshift-sandbox-cache")
@@ -235,6 +247,7 @@ class _Storage:
     """Writes the distribution registry's filesystem storage layout for one registry."""
 
     def __init__(self, root, blobs):
+        self.root = root
         self.v2 = os.path.join(root, "docker", "registry", "v2")
         self.blobs = blobs
 
@@ -346,6 +359,8 @@ def generate(out_dir, version=DEFAULT_VERSION, size="tiny", seed=DEFAULT_SEED, r
             layer_cache[layer_id] = blobs.put_layer(layer_id, payload, seed)
         return layer_cache[layer_id]
 
+    built = []  # (registry, repository, manifest digest, image id) of every manifest and index written
+
     def build(img, update=0):
         """Write one multi-arch image; ``update`` > 0 gives it a new top layer (a rebuilt image)."""
         manifests = []
@@ -399,6 +414,7 @@ def generate(out_dir, version=DEFAULT_VERSION, size="tiny", seed=DEFAULT_SEED, r
                     storages[reg].layer_link(repo, d)
                 storages[reg].layer_link(repo, cdigest)
                 storages[reg].manifest(repo, mdigest)
+                built.append((reg, repo, mdigest, img["id"]))
         index = {"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": manifests}
         idigest, isize = blobs.put_bytes(_canon(index))
         img["index"] = idigest
@@ -407,6 +423,7 @@ def generate(out_dir, version=DEFAULT_VERSION, size="tiny", seed=DEFAULT_SEED, r
         img["bytes"] = sum(img_blobs.values())
         for reg, repo in img["locations"]:
             storages[reg].manifest(repo, idigest)
+            built.append((reg, repo, idigest, img["id"]))
 
     for img in images:
         img["shares_base"] = img["id"] in sharing
@@ -433,6 +450,8 @@ def generate(out_dir, version=DEFAULT_VERSION, size="tiny", seed=DEFAULT_SEED, r
                 img["previous"] = {"index": img["index"], "manifests": dict(img["manifests"]), "blobs": img["blobs"]}
                 build(img, update=1)
                 img["previous"]["new_blobs"] = {d: s for d, s in img["blobs"].items() if d not in img["previous"]["blobs"]}
+
+    signing = _sign_release(out_dir, storages, built, images)
 
     # Map every original ref to its synthetic ref, per architecture file.
     ref_map = {}
@@ -497,6 +516,7 @@ def generate(out_dir, version=DEFAULT_VERSION, size="tiny", seed=DEFAULT_SEED, r
         "storage_dirs": {r: os.path.join(out_dir, "storage", r) for r in REGISTRIES},
         "images": [{k: v for k, v in img.items() if k != "blobs"} for img in images],
         "image_blobs": {img["id"]: img["blobs"] for img in images},
+        "signing": signing,
         "rpm": None,
     }
     if build_rpm_file:
@@ -509,6 +529,39 @@ def generate(out_dir, version=DEFAULT_VERSION, size="tiny", seed=DEFAULT_SEED, r
     return meta
 
 
+def is_signed_repository(registry, repo):
+    """Whether the test release signs the images of ``registry/repo`` (as Red Hat signs its own)."""
+    name = "%s/%s/" % (registry, repo)
+    return name.startswith(SIGNED_SCOPES) and not name.startswith(UNSIGNED_REPOSITORIES)
+
+
+def _sign_release(out_dir, storages, built, images):
+    """Sign every manifest written in a signed repository: by digest, and for each tag of the image there."""
+    key = sigs.generate_key("rsa")
+    private, public = sigs.write_key_pair(key, os.path.join(out_dir, "keys"), "release-key")
+    tags = {}
+    for img in images:
+        for ref in img["tags"]:
+            reg, repo, tag, unused = split_ref(ref)
+            tags.setdefault((reg, repo, img["id"]), []).append(tag)
+    count, signed, unsigned = 0, set(), set()
+    for reg, repo, digest, image_id in built:
+        if not is_signed_repository(reg, repo):
+            if ("%s/%s/" % (reg, repo)).startswith(SIGNED_SCOPES):
+                unsigned.add("%s/%s" % (reg, repo))
+            continue
+        identities = ["%s/%s@%s" % (reg, repo, digest)] + ["%s/%s:%s" % (reg, repo, t) for t in sorted(tags.get((reg, repo, image_id), []))]
+        sigs.write_attachment(storages[reg].root, repo, digest, [sigs.sign(key, identity, digest) for identity in identities])
+        signed.add("%s/%s" % (reg, repo))
+        count += 1
+    for img in images:
+        img["signed"] = all(is_signed_repository(reg, repo) for reg, repo in img["locations"])
+    return {"private_key": private, "public_key": public, "attachments": count, "signing_version": SIGNING_VERSION,
+            "signed_repositories": sorted(signed), "unsigned_repositories": sorted(unsigned),
+            "signed_scopes": [scope.rstrip("/") for scope in SIGNED_SCOPES],
+            "unsigned_scopes": [scope.rstrip("/") for scope in UNSIGNED_REPOSITORIES]}
+
+
 def _swap_digest(ref, prev, img):
     """The ref of an updated image as the previous release named it."""
     swap = {img["index"]: prev["index"]}
@@ -518,7 +571,7 @@ def _swap_digest(ref, prev, img):
 
 
 def cache_key(version, size, seed, ref_mode, changed=0):
-    key = "v%s-%s-s%s-%s-g%d" % (version, size, seed, ref_mode, GENERATOR_VERSION)
+    key = "v%s-%s-s%s-%s-g%d-sig%d" % (version, size, seed, ref_mode, GENERATOR_VERSION, SIGNING_VERSION)
     return key + ("-u%d" % int(changed) if changed else "")
 
 

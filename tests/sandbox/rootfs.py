@@ -34,11 +34,12 @@ DEFAULT_CACHE_DIR = os.environ.get("AMSB_ROOTFS_CACHE", "/var/tmp/airgap-microsh
 HOSTFILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hostfiles")
 DISK_SIZE = "3G"
 
-# systemd as PID 1 with the pieces `shutdown -r` and logins need, sshd, Python for Ansible, the
-# containers tools whose own pulls enforce the host's configuration (podman 5 needs netavark to
-# start), and a kernel with an initrd for the QEMU guests.
+# systemd as PID 1 with the pieces `shutdown -r` and logins need, sshd, Python for Ansible (with
+# cryptography, which the collection's signature checks use on the host, as python3-cryptography
+# does on RHEL), the containers tools whose own pulls enforce the host's configuration and its
+# signature policy (podman 5 needs netavark to start), and a kernel with an initrd for the QEMU guests.
 PACKAGES = (
-    "systemd-sysv", "dbus", "libpam-systemd", "udev", "openssh-server", "openssh-sftp-server", "python3",
+    "systemd-sysv", "dbus", "libpam-systemd", "udev", "openssh-server", "openssh-sftp-server", "python3", "python3-cryptography",
     "ca-certificates", "iproute2", "sudo", "skopeo", "podman", "netavark", "linux-image-amd64", "initramfs-tools",
 )
 # Paths dpkg never writes: documentation, and kernel modules no guest of the test bed loads.

@@ -28,6 +28,7 @@ from . import ns
 from . import pki
 from . import proxy as wanproxy
 from . import release as releases
+from . import signatures as sigs
 from . import rootfs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -326,6 +327,33 @@ class Sandbox:
         self._log("sandbox %s: release update with %d changed images published (%s)" % (self.sid, int(changed), meta["release_dir"]))
         return update
 
+    def mirror_signature(self, repository, manifest_digest, key="release", identity=None, remove=False):
+        """Tamper with the signatures of a manifest on the site mirror (a damaged or compromised mirror).
+
+        ``repository`` is the mirror repository without its host (namespace included). With
+        ``remove``, the attachment's tag is dropped; otherwise it is replaced by one signature of
+        ``manifest_digest`` for ``identity`` (default: the repository's original name by digest)
+        made with ``key``: ``release`` (the test release key) or ``other`` (an ECDSA key of this
+        sandbox, which nobody trusts). Returns a description of what was done.
+        """
+        st = self.state or load_state(self.state_dir)
+        storage = st["mirror"]["storage"]
+        if remove:
+            return {"removed": sigs.remove_attachment(storage, repository, manifest_digest)}
+        if key == "release":
+            private = sigs.load_key(st["release"]["signing"]["private_key"])
+        elif key == "other":
+            path = self._path("keys", "other-key.pem")
+            if not os.path.exists(path):
+                sigs.write_key_pair(sigs.generate_key("ecdsa"), self._path("keys"), "other-key")
+            private = sigs.load_key(path)
+        else:
+            raise SandboxError("key must be release or other, not %r" % key)
+        if identity is None:
+            raise SandboxError("give the identity the signature names")
+        digest = sigs.write_attachment(storage, repository, manifest_digest, [sigs.sign(private, identity, manifest_digest)])
+        return {"attachment": digest, "identity": identity, "key": key}
+
     def _restart_internet_registries(self, state, storage_dirs):
         configs = [reg["config"].encode() for reg in state["registries"].values()]
         old = [state["processes"].get("registry-" + name) for name in state["registries"]]
@@ -434,6 +462,8 @@ class Sandbox:
                 "logical_bytes": meta["logical_bytes"], "unique_bytes": meta["unique_bytes"], "image_count": meta["image_count"],
                 "blob_count": meta["blob_count"], "files": refs,
                 "tag_refs": sorted(t for img in meta["images"] for t in img["tags"]),
+                "signing": meta.get("signing"),
+                "public_key": (meta.get("signing") or {}).get("public_key"),
             },
             "transfer_dir": self._path("transfer"),
             "cache_dir": os.path.realpath(self.cache_dir),
@@ -674,6 +704,7 @@ class Sandbox:
                 "sandbox_mirror_password": m["password"],
                 "sandbox_release_dir": state["release"]["dir"],
                 "sandbox_release_rpm": state["release"]["rpm"],
+                "sandbox_release_public_key": state["release"].get("public_key"),
                 "sandbox_transfer_dir": state["transfer_dir"],
             },
             "children": {

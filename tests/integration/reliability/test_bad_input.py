@@ -143,6 +143,10 @@ class Context:
         with open(self.locked_key, "wb") as handle:
             handle.write(_signing.private_key_pem(_signing.generate_private_key(), "the-right-passphrase"))
         self.not_a_key = self.write("not-a-key.pub", "this is not a PEM public key\n")
+        # The test release's public key, and host policies: a good one and one the containers tools refuse.
+        self.release_key = bed.state["release"]["public_key"]
+        self.policy = self.write("policy.json", json.dumps({"default": [{"type": "insecureAcceptAnything"}]}, indent=4) + "\n")
+        self.broken_policy = self.write("broken-policy.json", "{\"default\": []}\n")
 
     def path(self, name):
         return os.path.join(self.root, name)
@@ -328,6 +332,64 @@ CASES = {
     "signing-key-missing-directory": lambda c, o: dict(
         play=_module("signing_key", {"path": os.path.join(o, "keys", "transfer.key")}),
         expect=[os.path.join(o, "keys")], absent=[o]),
+    # Signatures: download options, the host modules and the host_config variables.
+    "download-signature-scopes-without-keys": lambda c, o: dict(
+        play=_module("image_download", {"images": [c.good_ref], "store": o, "authfile": c.pull_secret,
+                                        "signature_scopes": ["quay.io/openshift-release-dev"]}),
+        expect=["signature_keys"], absent=[o]),
+    "download-signature-key-not-a-key": lambda c, o: dict(
+        play=_module("image_download", {"images": [c.good_ref], "store": o, "authfile": c.pull_secret,
+                                        "signature_scopes": ["quay.io/openshift-release-dev"], "signature_keys": [c.not_a_key]}),
+        expect=["signature_keys", c.not_a_key, "PEM"], absent=[o]),
+    "download-signature-scope-with-scheme": lambda c, o: dict(
+        play=_module("image_download", {"images": [c.good_ref], "store": o, "signature_scopes": ["https://quay.io"],
+                                        "signature_keys": [c.release_key]}),
+        expect=["signature_scopes", "https://quay.io"], absent=[o]),
+    "download-signature-exceptions-without-scopes": lambda c, o: dict(
+        play=_module("image_download", {"images": [c.good_ref], "store": o, "signature_exceptions": ["registry.redhat.io/x"]}),
+        expect=["signature_exceptions"], absent=[o]),
+    "download-signature-scopes-without-fetching": lambda c, o: dict(
+        play=_module("image_download", {"images": [c.good_ref], "store": o, "signatures": False,
+                                        "signature_scopes": ["quay.io/openshift-release-dev"], "signature_keys": [c.release_key]}),
+        expect=["signatures: true"], absent=[o]),
+    "download-role-signatures-wrong-type": lambda c, o: dict(
+        play=_role("download", {"download_images": [c.good_ref], "download_store": o, "download_signatures": "sometimes"}),
+        expect=["download_signatures"], absent=[o]),
+    "containers-policy-key-not-a-key": lambda c, o: dict(
+        play=_module("containers_policy", {"path": c.policy, "scopes": ["quay.io/openshift-release-dev"], "keys": [c.not_a_key]}),
+        expect=[c.not_a_key, "not changed"], unchanged=[c.policy]),
+    "containers-policy-broken-policy": lambda c, o: dict(
+        play=_module("containers_policy", {"path": c.broken_policy, "scopes": ["quay.io/openshift-release-dev"], "keys": [c.release_key]}),
+        expect=[c.broken_policy, "empty list of requirements"], unchanged=[c.broken_policy]),
+    "containers-policy-scope-not-lowercase": lambda c, o: dict(
+        play=_module("containers_policy", {"path": c.policy, "scopes": ["quay.io/OpenShift"], "keys": [c.release_key]}),
+        expect=["quay.io/OpenShift", "not a registry scope"], unchanged=[c.policy]),
+    "containers-policy-unknown-identity": lambda c, o: dict(
+        play=_module("containers_policy", {"path": c.policy, "scopes": ["quay.io/openshift-release-dev"], "keys": [c.release_key],
+                                           "signed_identity": "matchAnything"}),
+        expect=["signed_identity", "matchAnything"], unchanged=[c.policy]),
+    "registries-d-namespace-with-scheme": lambda c, o: dict(
+        play=_module("registries_d", {"path": o + ".yaml", "namespaces": ["https://" + c.mirror["hostport"]]}),
+        expect=["https://" + c.mirror["hostport"], "namespace"], absent=[o + ".yaml"]),
+    "registries-d-path-not-yaml": lambda c, o: dict(
+        play=_module("registries_d", {"path": o + ".yml", "namespaces": [c.mirror["hostport"]]}),
+        expect=[o + ".yml", ".yaml"], absent=[o + ".yml"]),
+    "signature-check-broken-policy": lambda c, o: dict(
+        play=_module("signature_check", {"images": [c.good_ref], "policy": c.broken_policy}, hosts="microshift"),
+        expect=[c.broken_policy, "empty list of requirements"], unchanged=[c.broken_policy]),
+    "host-config-signature-policy-without-keys": lambda c, o: dict(
+        play=_role("host_config", {"host_config_mirror": c.mirror["hostport"], "host_config_images": [c.good_ref],
+                                   "host_config_signature_policy": True}, hosts="microshift"),
+        expect=["host_config_signature_keys"], absent=[_drop_in(c)]),
+    "host-config-signature-key-not-a-key": lambda c, o: dict(
+        play=_role("host_config", {"host_config_mirror": c.mirror["hostport"], "host_config_images": [c.good_ref],
+                                   "host_config_signature_policy": True,
+                                   "host_config_signature_keys": [{"name": "release.pub", "content": "not a key"}]}, hosts="microshift"),
+        expect=["the content of release.pub", "not a PEM public key"], absent=[_drop_in(c)]),
+    "host-config-signature-default-policy-unknown": lambda c, o: dict(
+        play=_role("host_config", {"host_config_mirror": c.mirror["hostport"], "host_config_images": [c.good_ref],
+                                   "host_config_signature_default_policy": "sometimes"}, hosts="microshift"),
+        expect=["host_config_signature_default_policy"], absent=[_drop_in(c)]),
     "unpack-missing-volume": lambda c, o: dict(
         play=_module("image_bundle", c.bed.sign({"state": "unpack", "src": [c.incomplete_media], "store": o}), hosts="airgapped"),
         expect=["vol-001"], absent=[o]),

@@ -6,7 +6,8 @@
 
 Readers: the transfer-set manifest (``bundle.json``), ``SHA256SUMS`` (through verify), the store
 index (``store.json``), OCI/docker manifests and indexes (store and registry readers), receipts,
-signatures and RPM headers. Each property feeds mutated real documents and arbitrary bytes, and
+signatures and RPM headers; image signature attachments and payloads, and a host's ``policy.json``,
+``registries.d`` files and ``registries.conf``. Each property feeds mutated real documents and arbitrary bytes, and
 accepts only a result or the reader's own one-sentence error.
 
 ``make test`` runs AIRGAP_FUZZ_EXAMPLES examples per reader (default 150) and prints the count;
@@ -30,7 +31,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402  pylint: disable=wrong-import-position
 
 from ansible_collections.airgap.microshift.plugins.module_utils import (  # noqa: E402  pylint: disable=wrong-import-position
-    _bundle, _download, _rpm, _signing, _store, _strict,
+    _bundle, _containers_policy, _download, _registries_conf, _registries_d, _rpm, _signing, _sigstore, _store, _strict,
 )
 from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.stores import (  # noqa: E402  pylint: disable=wrong-import-position
     KEY, TRUSTED, build_store,
@@ -242,3 +243,112 @@ def test_rpm_header(data):
         assert "\n" not in str(exc)
         return
     assert isinstance(header.files, list)
+
+
+# -- the readers of image signatures and of a host's containers configuration ----------------------
+
+_SIG_KEY = _signing.generate_private_key("ecdsa-p256") if _signing.HAS_CRYPTOGRAPHY else None
+_SIG_DIGEST = "sha256:" + "d" * 64
+_SIG_REF = "quay.io/openshift-release-dev/ocp@" + _SIG_DIGEST
+
+
+_ATTACHMENT = []
+
+
+def _attachment_doc():
+    """One attachment for the whole session: an ECDSA signature differs each time it is made, and
+    hypothesis wants the same data for the same draws."""
+    if not _ATTACHMENT:
+        raw, _blobs = _sigstore.build_attachment([_sigstore.make_signature(_SIG_KEY, _SIG_REF, _SIG_DIGEST)])
+        _ATTACHMENT.append(raw)
+    return json.loads(_ATTACHMENT[0])
+
+
+@pytest.mark.skipif(not _signing.HAS_CRYPTOGRAPHY, reason="cryptography is not installed")
+@FUZZ
+@given(data=st.data())
+def test_signature_attachment_and_payload(data):
+    raw = _encode(_mutate(_attachment_doc(), data), data) if data.draw(st.booleans()) else data.draw(st.binary(max_size=300))
+    count("signature attachment")
+    try:
+        attachment = _sigstore.parse_attachment(raw, "the attachment")
+    except _sigstore.SigstoreError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert all(_strict.is_digest(b["digest"]) for b in _sigstore.attachment_blobs(attachment))
+    payload = json.loads(_signing.simple_signing_payload(_SIG_REF, _SIG_DIGEST, {"creator": "x", "timestamp": 1}))
+    raw = _encode(_mutate(payload, data), data) if data.draw(st.booleans()) else data.draw(st.binary(max_size=300))
+    count("signature payload")
+    try:
+        reference, digest = _signing.parse_simple_signing_payload(raw, "the payload")
+    except _signing.SigningError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert isinstance(reference, str) and isinstance(digest, str)
+    # whatever the payload, a check answers with a reason or accepts; it never raises
+    reason = _sigstore.check_signature([_SIG_KEY.public_key()], None, _SIG_REF, b"{}", raw,
+                                       {_sigstore.SIGNATURE_ANNOTATION: data.draw(st.text(max_size=60), label="sig")})
+    assert reason is None or "\n" not in reason
+
+
+@FUZZ
+@given(data=st.data())
+def test_policy_json(data):
+    document = {"default": [{"type": "reject"}],
+                "transports": {"docker": {"quay.io/openshift-release-dev": [{"type": "sigstoreSigned", "keyPath": "/k.pub",
+                                                                             "signedIdentity": {"type": "matchRepoDigestOrExact"}}],
+                                          "registry.redhat.io": [{"type": "signedBy", "keyType": "GPGKeys", "keyPaths": ["/a"]}]},
+                               "docker-daemon": {"": [{"type": "insecureAcceptAnything"}]}}}
+    raw = _encode(_mutate(document, data), data) if data.draw(st.booleans()) else data.draw(st.binary(max_size=300))
+    count("policy.json")
+    try:
+        policy = _containers_policy.parse(raw, "/etc/containers/policy.json")
+    except _containers_policy.PolicyError as exc:
+        assert "\n" not in str(exc)
+        return
+    # an accepted policy answers for any reference, merges and renders back to itself
+    _containers_policy.requirements_for(policy, _SIG_REF)
+    assert _containers_policy.parse(_containers_policy.checked_render(policy)) == policy
+
+
+_YAML_LINES = ["docker:", "  mirror.example.com:8443:", "    use-sigstore-attachments: true", "default-docker:", "  lookaside: https://x",
+               "# comment", "", "  'quay.io/a': {}", "    sigstore: file:///var/lib/x", "  - item", "\tx: 1", "a: [1]", "b: 'c'", ": x"]
+
+
+@FUZZ
+@given(lines=st.lists(st.sampled_from(_YAML_LINES) | st.text(max_size=30), max_size=12))
+def test_registries_d_files(lines):
+    text = "\n".join(lines)
+    count("registries.d file")
+    try:
+        doc = _registries_d.parse_yaml_subset(text)
+    except _registries_d.RegistriesDError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert isinstance(doc, dict)
+    try:
+        merged = _registries_d.merge_files([("/etc/containers/registries.d/x.yaml", _registries_d.parse(text, "x.yaml"))])
+    except _registries_d.RegistriesDError as exc:
+        assert "\n" not in str(exc)
+    else:
+        _registries_d.use_sigstore_attachments(merged, "mirror.example.com:8443/a/b")
+
+
+@FUZZ
+@given(data=st.data())
+def test_host_registries_conf(data):
+    document = {"unqualified-search-registries": ["registry.access.redhat.com"],
+                "registry": [{"prefix": "quay.io", "location": "quay.io", "mirror-by-digest-only": True,
+                              "mirror": [{"location": "mirror.example.com:8443/ns"}]}]}
+    text = data.draw(st.text(max_size=200))
+    if data.draw(st.booleans()):
+        try:
+            text = _registries_conf.render(_mutate(document, data))
+        except (TypeError, AttributeError):
+            pass    # a mutation render() cannot write: the drawn text stands
+    count("registries.conf of a host")
+    try:
+        registries = _registries_conf.merge_host_files([("/etc/containers/registries.conf", _registries_conf.read_host_file(text, "x.conf"))])
+        _registries_conf.pull_sources(registries, _SIG_REF)
+    except _registries_conf.RegistriesConfError as exc:
+        assert "\n" not in str(exc)

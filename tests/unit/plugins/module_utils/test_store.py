@@ -95,7 +95,7 @@ def test_put_blob_refuses_wrong_content(tmp_path):
 @pytest.mark.parametrize("content, words", [
     (b"{not json", "is not valid JSON"),
     (b"[]", "not a JSON object"),
-    (b'{"format": 2, "images": {}, "blobs": {}}', "has format 2"),
+    (b'{"format": 3, "images": {}, "blobs": {}}', "has format 3"),
     (b'{"format": 1, "images": [], "blobs": {}}', "must be objects"),
     (b'{"format": 1, "images": {}, "blobs": {"sha256:../../x": 1}}', "not a sha256 digest"),
     (b'{"format": 1, "images": {}, "blobs": {}, "images": {}}', "appears twice"),

@@ -203,8 +203,8 @@ def test_load_store_missing_manifest_names_the_image(tmp_path):
 
 def test_load_store_rejects_bad_index(tmp_path):
     with open(os.path.join(str(tmp_path), "store.json"), "w") as handle:
-        json.dump({"format": 2}, handle)
-    with pytest.raises(UploadError, match="has format 2; this collection reads format 1"):
+        json.dump({"format": 3}, handle)
+    with pytest.raises(UploadError, match="has format 3; this collection reads formats 1 and 2"):
         load_images(str(tmp_path))
 
 
