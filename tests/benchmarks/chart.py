@@ -7,7 +7,12 @@
 
 Left: download and upload wall times per mode, with the download floor (unique bytes / WAN
 bandwidth). Right: bytes fetched from the registries, store size on disk and bytes sent to the
-mirror, each relative to the unique bytes of the release (1.0 is the floor).
+mirror, each relative to the unique bytes of the release (1.0 is the floor). With a fleet run
+(bench_fleet.py's results JSON, ``--fleet``), a third panel: configure_hosts' wall time and the
+control node's CPU seconds per host against the number of booted hosts.
+
+    .venv/bin/python tests/benchmarks/chart.py tests/benchmarks/results/latest-bench.json docs/benchmark-chart.png \
+        --fleet tests/benchmarks/results/latest-fleet.json
 """
 
 from __future__ import annotations
@@ -19,7 +24,31 @@ MODES = (("manual", "(a) manual\nsequential"), ("parallel", "(b) xargs -P 8"), (
 COLORS = {"manual": "#9e9e9e", "parallel": "#607d8b", "ours": "#1e88e5"}
 
 
-def draw(report, path):
+def draw_fleet(ax, fleet):
+    """configure_hosts over 5, 20, 50 booted hosts: wall time (bars) and control-node CPU s per host (line)."""
+    curve = fleet["results"]["curve"]
+    hosts = [c["hosts"] for c in curve]
+    x = range(len(curve))
+    rects = ax.bar(list(x), [c["wall_s"] for c in curve], 0.5, color=COLORS["ours"], label="wall time (s)")
+    for rect, c in zip(rects, curve):
+        ax.annotate("%.0f s\n(load %.1f)" % (c["wall_s"], c["load_before"][0]), (rect.get_x() + rect.get_width() / 2, rect.get_height()),
+                    ha="center", va="bottom", fontsize=7)
+    ax.axhline(100, color="#e53935", linestyle="--", linewidth=1, label="target for 50 hosts: 100 s")
+    ax.set_xticks(list(x))
+    ax.set_xticklabels(["%d hosts" % h for h in hosts])
+    ax.set_ylabel("configure_hosts wall time (s)")
+    ax.set_ylim(0, max([c["wall_s"] for c in curve] + [100]) * 1.3)
+    ax2 = ax.twinx()
+    ax2.plot(list(x), [c["control_cpu_s_per_host"] for c in curve], "o-", color="#fb8c00", label="control node CPU s per host")
+    ax2.set_ylabel("control node CPU s per host")
+    ax2.set_ylim(0, max(c["control_cpu_s_per_host"] for c in curve) * 1.6)
+    ax.set_title("Fleet: booted hosts over SSH, forks = hosts", fontsize=10)
+    lines, labels = ax.get_legend_handles_labels()
+    lines2, labels2 = ax2.get_legend_handles_labels()
+    ax.legend(lines + lines2, labels + labels2, fontsize=8, loc="upper left")
+
+
+def draw(report, path, fleet=None):
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -28,7 +57,11 @@ def draw(report, path):
     res = report["results"]
     params = report["parameters"]
     modes = [(m, label) for m, label in MODES if res.get(m, {}).get("download")]
-    fig, (ax_t, ax_b) = plt.subplots(1, 2, figsize=(13, 5.2))
+    if fleet and fleet.get("results", {}).get("curve"):
+        fig, (ax_t, ax_b, ax_f) = plt.subplots(1, 3, figsize=(19, 5.2))
+        draw_fleet(ax_f, fleet)
+    else:
+        fig, (ax_t, ax_b) = plt.subplots(1, 2, figsize=(13, 5.2))
 
     # Wall times.
     x = range(len(modes))
@@ -92,10 +125,15 @@ def draw(report, path):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    fleet = None
+    if len(argv) == 4 and argv[2] == "--fleet":
+        with open(argv[3], encoding="utf-8") as f:
+            fleet = json.load(f)
+        argv = argv[:2]
     if len(argv) != 2:
-        sys.exit("usage: chart.py RESULTS.json OUT.png")
+        sys.exit("usage: chart.py RESULTS.json OUT.png [--fleet FLEET.json]")
     with open(argv[0], encoding="utf-8") as f:
-        draw(json.load(f), argv[1])
+        draw(json.load(f), argv[1], fleet)
     return 0
 
 
