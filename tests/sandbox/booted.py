@@ -299,7 +299,12 @@ class BootedHosts:
             ns.run(["ip", "-n", gap, "link", "add", "vh%d" % index, "type", "veth", "peer", "name", "eth0", "netns", netns])
             ns.run(["ip", "-n", gap, "link", "set", "vh%d" % index, "master", BRIDGE, "up"])
             info.update({"root": merged, "upper": upper, "netns": netns, "net": ns.netns_path(netns)})
-            argv = ["systemd-nspawn", "--quiet", "--boot", "--directory=" + merged, "--machine=" + host, "--hostname=" + host,
+            # The machine name carries the sandbox id: nspawn keeps per-machine state under
+            # /run/systemd/nspawn/propagate/<machine>, which two test beds' "microshift-2" would share
+            # (seen: a host of one test bed did not come back from a reboot while another test bed ran
+            # a host of the same name).
+            argv = ["systemd-nspawn", "--quiet", "--boot", "--directory=" + merged, "--machine=%s-%s" % (self.sb.sid, host),
+                    "--hostname=" + host,
                     "--uuid=" + str(machine_id), "--register=no", "--keep-unit", "--network-namespace-path=" + ns.netns_path(netns),
                     # nspawn grants it with --private-network only: networkd and the loopback need it.
                     "--capability=CAP_NET_ADMIN", "--link-journal=no", "--resolv-conf=off", "--timezone=off", "--console=read-only"]
