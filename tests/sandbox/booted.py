@@ -51,6 +51,21 @@ QEMU_CPU = os.environ.get("AMSB_QEMU_CPU", "max")
 KINDS = ("ns", "booted", "mixed", "auto")
 SSH_READY_TIMEOUT = {"nspawn": 180, "qemu": 600}
 RELEASE_DIR = "/usr/share/microshift/release"
+# Test bed only, nspawn hosts only. This machine mounts the legacy (v1) cgroup hierarchy, and the
+# systemd of an nspawn container on it is never told that a cgroup became empty (the release agent
+# works on the host only). So at every shutdown it waits out the stop timeout of the SSH session
+# scope an Ansible ControlPersist connection leaves open (90 s) and of the root user manager
+# (user@0.service, 120 s) although their processes are gone: a reboot took 100-125 s instead of
+# about 6 s. Real hosts (cgroup v2, or v1 without a container) are told at once; these timeouts
+# only shorten that wait.
+NSPAWN_STOP_FILES = {
+    "/etc/systemd/system.conf.d/amsb-nspawn-stop.conf": (
+        b"# Test bed (nspawn on a cgroup v1 machine): empty scopes are never reported; do not wait 90 s for them.\n"
+        b"[Manager]\nDefaultTimeoutStopSec=5s\n", 0o644),
+    "/etc/systemd/system/user@.service.d/amsb-nspawn-stop.conf": (
+        b"# Test bed (nspawn on a cgroup v1 machine): see /etc/systemd/system.conf.d/amsb-nspawn-stop.conf.\n"
+        b"[Service]\nTimeoutStopSec=5s\n", 0o644),
+}
 
 
 class BootedError(Exception):
@@ -268,6 +283,7 @@ class BootedHosts:
         info = {"name": host, "site": "gap", "kind": kind, "address": address(index), "index": index, "dir": hdir,
                 "machine_id": machine_id.hex, "console": console, "ostree": host in self.ostree_hosts}
         if kind == "nspawn":
+            files.update(NSPAWN_STOP_FILES)
             upper, work = os.path.join(hdir, "upper"), os.path.join(hdir, "work")
             os.makedirs(upper, exist_ok=True)
             os.makedirs(work, exist_ok=True)
@@ -283,7 +299,12 @@ class BootedHosts:
             ns.run(["ip", "-n", gap, "link", "add", "vh%d" % index, "type", "veth", "peer", "name", "eth0", "netns", netns])
             ns.run(["ip", "-n", gap, "link", "set", "vh%d" % index, "master", BRIDGE, "up"])
             info.update({"root": merged, "upper": upper, "netns": netns, "net": ns.netns_path(netns)})
-            argv = ["systemd-nspawn", "--quiet", "--boot", "--directory=" + merged, "--machine=" + host, "--hostname=" + host,
+            # The machine name carries the sandbox id: nspawn keeps per-machine state under
+            # /run/systemd/nspawn/propagate/<machine>, which two test beds' "microshift-2" would share
+            # (seen: a host of one test bed did not come back from a reboot while another test bed ran
+            # a host of the same name).
+            argv = ["systemd-nspawn", "--quiet", "--boot", "--directory=" + merged, "--machine=%s-%s" % (self.sb.sid, host),
+                    "--hostname=" + host,
                     "--uuid=" + str(machine_id), "--register=no", "--keep-unit", "--network-namespace-path=" + ns.netns_path(netns),
                     # nspawn grants it with --private-network only: networkd and the loopback need it.
                     "--capability=CAP_NET_ADMIN", "--link-journal=no", "--resolv-conf=off", "--timezone=off", "--console=read-only"]

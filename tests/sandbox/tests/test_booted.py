@@ -77,6 +77,9 @@ def test_booted_host_runs_systemd_and_answers_ssh(booted_bed):
     assert _on(sb, ["systemctl", "is-enabled", "microshift.service"], check=False).stdout.strip() == "disabled"
     assert "stand-in" in _on(sb, ["systemctl", "show", "--property=Description", "microshift.service"]).stdout
     assert _on(sb, ["test", "-e", "/run/ostree-booted"]).returncode == 0
+    # An nspawn host does not wait out systemd's default stop timeouts for scopes it is never told are empty.
+    assert _on(sb, ["systemctl", "show", "--property=DefaultTimeoutStopUSec"]).stdout.strip() == "DefaultTimeoutStopUSec=5s"
+    assert _on(sb, ["systemctl", "show", "--property=TimeoutStopUSec", "user@0.service"]).stdout.strip() == "TimeoutStopUSec=5s"
     with open(os.path.join(sb.state["release"]["dir"], "release-x86_64.json"), encoding="utf-8") as f:
         release = f.read()
     assert _on(sb, ["cat", "/usr/share/microshift/release/release-x86_64.json"]).stdout == release
