@@ -136,10 +136,11 @@ class Sandbox:
     ``terminate``; ``terminate`` is chosen when HTTP faults are asked for).
 
     ``host_kind``: ``ns`` (namespace hosts, the default), ``booted`` (every host a real systemd
-    machine reached over SSH) or ``mixed`` (the first half booted); ``qemu_hosts``: how many of the
-    booted hosts are QEMU guests rather than nspawn machines; ``ostree_hosts``: booted hosts that
-    carry the rpm-ostree marker ``/run/ostree-booted``; ``booted_mirror=False`` keeps the mirror off
-    the booted hosts' network (they still answer SSH: a site with no registry in reach). See
+    machine reached over SSH), ``mixed`` (the first half booted) or ``last`` (the last host booted,
+    the others namespace hosts); ``qemu_hosts``: how many of the booted hosts are QEMU guests rather
+    than nspawn machines; ``ostree_hosts``: booted hosts that carry the rpm-ostree marker
+    ``/run/ostree-booted``; ``booted_mirror=False`` keeps the mirror off the booted hosts' network
+    (they still answer SSH: a site with no registry in reach). See
     tests/README.md, "Host kinds".
     """
 
