@@ -294,6 +294,8 @@ class Sandbox:
         """
         st = self.state or load_state(self.state_dir)
         self.hosts = list(st["hosts"])
+        # The inventory is written again: with the host kinds the sandbox was raised with.
+        self.kinds = dict(st.get("host_kinds") or {h: "ns" for h in self.hosts})
         rel = st["release"]
         meta = releases.ensure_release(st.get("cache_dir", self.cache_dir), rel["version"], rel["size"], rel["seed"], rel["ref_mode"],
                                        changed=changed)
