@@ -48,7 +48,7 @@ FIRST_HOST = 11
 MAX_HOSTS = 200
 QEMU_MEMORY = os.environ.get("AMSB_QEMU_MEMORY", "1024")
 QEMU_CPU = os.environ.get("AMSB_QEMU_CPU", "max")
-KINDS = ("ns", "booted", "mixed", "auto")
+KINDS = ("ns", "booted", "mixed", "last", "auto")
 SSH_READY_TIMEOUT = {"nspawn": 180, "qemu": 600}
 RELEASE_DIR = "/usr/share/microshift/release"
 # Test bed only, nspawn hosts only. This machine mounts the legacy (v1) cgroup hierarchy, and the
@@ -81,7 +81,7 @@ def resolve_kind(host_kind, qemu_hosts=0, cache_dir=rootfs.DEFAULT_CACHE_DIR):
 
 
 def plan(names, host_kind="ns", qemu_hosts=0):
-    """``{host: "ns" | "nspawn" | "qemu"}``: every host booted, none, or the first half (``mixed``).
+    """``{host: "ns" | "nspawn" | "qemu"}``: every host booted, none, the first half (``mixed``) or the last one (``last``).
 
     The last ``qemu_hosts`` of the booted hosts are QEMU guests, the others nspawn machines.
     """
@@ -92,6 +92,8 @@ def plan(names, host_kind="ns", qemu_hosts=0):
         booted = []
     elif host_kind == "booted":
         booted = names
+    elif host_kind == "last":
+        booted = names[-1:]
     else:
         booted = names[:max(1, len(names) // 2)] if names else []
     qemu_hosts = int(qemu_hosts or 0)

@@ -215,7 +215,8 @@ def build_parser():
     add_release(p)
     p.add_argument("--hosts", type=int, default=2, help="number of MicroShift hosts")
     p.add_argument("--host-kind", choices=booted_hosts.KINDS, default="ns",
-                   help="ns: namespace hosts; booted: real systemd machines over SSH; mixed: the first half booted (default %(default)s)")
+                   help="ns: namespace hosts; booted: real systemd machines over SSH; mixed: the first half booted;"
+                        " last: the last host booted, the others namespace hosts (default %(default)s)")
     p.add_argument("--qemu-hosts", type=int, default=0, help="how many of the booted hosts are QEMU guests (the last ones)")
     p.add_argument("--ostree-hosts", default="", help="booted hosts that carry the rpm-ostree marker /run/ostree-booted (comma-separated)")
     p.add_argument("--rootfs-cache", default=rootfs.DEFAULT_CACHE_DIR, help="cache of the booted hosts' root file system")

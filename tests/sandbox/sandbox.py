@@ -136,10 +136,11 @@ class Sandbox:
     ``terminate``; ``terminate`` is chosen when HTTP faults are asked for).
 
     ``host_kind``: ``ns`` (namespace hosts, the default), ``booted`` (every host a real systemd
-    machine reached over SSH) or ``mixed`` (the first half booted); ``qemu_hosts``: how many of the
-    booted hosts are QEMU guests rather than nspawn machines; ``ostree_hosts``: booted hosts that
-    carry the rpm-ostree marker ``/run/ostree-booted``; ``booted_mirror=False`` keeps the mirror off
-    the booted hosts' network (they still answer SSH: a site with no registry in reach). See
+    machine reached over SSH), ``mixed`` (the first half booted) or ``last`` (the last host booted,
+    the others namespace hosts); ``qemu_hosts``: how many of the booted hosts are QEMU guests rather
+    than nspawn machines; ``ostree_hosts``: booted hosts that carry the rpm-ostree marker
+    ``/run/ostree-booted``; ``booted_mirror=False`` keeps the mirror off the booted hosts' network
+    (they still answer SSH: a site with no registry in reach). See
     tests/README.md, "Host kinds".
     """
 
@@ -293,6 +294,8 @@ class Sandbox:
         """
         st = self.state or load_state(self.state_dir)
         self.hosts = list(st["hosts"])
+        # The inventory is written again: with the host kinds the sandbox was raised with.
+        self.kinds = dict(st.get("host_kinds") or {h: "ns" for h in self.hosts})
         rel = st["release"]
         meta = releases.ensure_release(st.get("cache_dir", self.cache_dir), rel["version"], rel["size"], rel["seed"], rel["ref_mode"],
                                        changed=changed)

@@ -23,6 +23,8 @@ def test_plan_of_host_kinds():
     assert [kinds[n] for n in names] == ["nspawn", "nspawn", "nspawn", "qemu", "qemu"]
     kinds = booted.plan(names, "mixed", qemu_hosts=1)
     assert [kinds[n] for n in names] == ["nspawn", "qemu", "ns", "ns", "ns"]
+    kinds = booted.plan(names, "last")
+    assert [kinds[n] for n in names] == ["ns", "ns", "ns", "ns", "nspawn"]
     with pytest.raises(booted.BootedError, match="3 QEMU host"):
         booted.plan(names[:2], "booted", qemu_hosts=3)
     with pytest.raises(booted.BootedError, match="host kind"):

@@ -14,7 +14,9 @@ def main():
         refs = json.load(handle)
     report = {}
     for ref in refs:
-        exists = subprocess.run(["podman", "image", "exists", ref], check=False).returncode == 0
+        # Only the report on stdout (ssh may join stderr to it, and podman 5 warns about cgroups v1 there).
+        exists = subprocess.run(["podman", "image", "exists", ref], check=False, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL).returncode == 0
         raw = subprocess.run(["skopeo", "inspect", "--raw", "containers-storage:" + ref], check=False,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         digest = "sha256:" + hashlib.sha256(raw.stdout).hexdigest() if raw.returncode == 0 else None
