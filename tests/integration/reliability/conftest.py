@@ -14,12 +14,14 @@ test needs faults or a slow link on the air-gapped side.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -313,6 +315,86 @@ class Bed:
         for node, text in self.hosts_files.items():
             self.sb.run(node, ["sh", "-c", "cat > /etc/hosts"], input=text)
         self.hosts_files = {}
+
+    def node_snapshot(self, node, limit=1 << 20):
+        """What ``node`` has written so far (its overlay upper dirs): ``{path: (kind, mode, content)}``.
+
+        A test that configures a node for real takes one before and calls node_restore after, so the
+        tests that follow find the node as the test bed made it (no CA trusted, no drop-in).
+        """
+        snap = {}
+        for top, upper in self.state["nodes"][node]["uppers"].items():
+            for base, dirs, files in os.walk(upper):
+                for name in dirs + files:
+                    path = os.path.join(base, name)
+                    st = os.lstat(path)
+                    inside = top + "/" + os.path.relpath(path, upper)
+                    if stat.S_ISREG(st.st_mode):
+                        content = None
+                        if st.st_size <= limit:
+                            with open(path, "rb") as handle:
+                                content = handle.read()
+                        snap[inside] = ("file", stat.S_IMODE(st.st_mode), content, st.st_size, st.st_mtime_ns)
+                    elif stat.S_ISLNK(st.st_mode):
+                        snap[inside] = ("link", 0, os.readlink(path), 0, 0)
+                    else:
+                        snap[inside] = ("dir" if stat.S_ISDIR(st.st_mode) else "other", stat.S_IMODE(st.st_mode), None, 0, 0)
+        return snap
+
+    def node_restore(self, node, before):
+        """Undo, inside ``node``, what it wrote since ``before`` (a node_snapshot).
+
+        A path it added goes, or gets the machine's version back when the node's overlay hid or changed
+        one of the machine's (its lower layer); a file it changed gets its content back. Fails naming a
+        path it cannot restore (a large file that changed, a removed one).
+        """
+        after = self.node_snapshot(node, limit=0)
+        remove, rewrite, lost = [], [], []
+        for path in sorted(p for p in after if p not in before):
+            if any(path.startswith(q + "/") for q in remove):
+                continue
+            if os.path.isdir(path) and not os.path.islink(path):
+                if after[path][0] != "dir":
+                    lost.append(path)
+                continue  # the machine's directory, copied up: its children are looked at one by one
+            if os.path.islink(path):
+                rewrite.append([path, None, os.readlink(path)])
+            elif os.path.isfile(path):
+                with open(path, "rb") as handle:
+                    rewrite.append([path, base64.b64encode(handle.read()).decode(), stat.S_IMODE(os.stat(path).st_mode)])
+            else:
+                remove.append(path)
+        for path, entry in before.items():
+            now = after.get(path)
+            if entry[0] == "file":
+                if now is None or now[0] != "file" or now[3:] != entry[3:] or now[1] != entry[1]:
+                    if entry[2] is None:
+                        lost.append(path)
+                    else:
+                        rewrite.append([path, base64.b64encode(entry[2]).decode(), entry[1]])
+            elif entry[0] == "link" and (now is None or now[:3] != entry[:3]):
+                rewrite.append([path, None, entry[2]])
+            elif now is None:
+                lost.append(path)
+        assert not lost, "%s: cannot restore %s" % (node, lost)
+        code = (
+            "import base64, json, os, shutil, sys\n"
+            "plan = json.load(sys.stdin)\n"
+            "for p in plan['remove']:\n"
+            "    if os.path.isdir(p) and not os.path.islink(p):\n"
+            "        shutil.rmtree(p)\n"
+            "    elif os.path.lexists(p):\n"
+            "        os.unlink(p)\n"
+            "for p, data, mode in plan['rewrite']:\n"
+            "    if os.path.lexists(p) and (data is None or os.path.islink(p)):\n"
+            "        os.unlink(p)\n"
+            "    if data is None:\n"
+            "        os.symlink(mode, p)\n"
+            "        continue\n"
+            "    with open(p, 'wb') as f:\n"
+            "        f.write(base64.b64decode(data))\n"
+            "    os.chmod(p, mode)\n")
+        self.sb.run(node, [sys.executable, "-c", code], input=json.dumps({"remove": remove, "rewrite": rewrite}))
 
     def start_site_proxy(self, settings=None):
         """A WAN proxy between the bastion and the mirror (terminate mode, site CA)."""

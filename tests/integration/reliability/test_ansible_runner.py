@@ -158,14 +158,26 @@ def runner_jobs(bed, tmp_path_factory):
     })
     os.makedirs(site_vars["transfer_media_path"])
     jobs = {}
-    pdd = _private_data_dir(bed, root, "site", site_vars)
-    jobs["site"] = _run(bed, pdd, "site", "1")
-    hosts_vars = dict(CREDENTIAL_VARS, host_config_mirror=state["mirror"]["hostport"], host_config_mirror_namespace="runner",
-                      host_config_images=images)
-    pdd = _private_data_dir(bed, root, "configure_hosts", hosts_vars)
-    jobs["configure_hosts"] = _run(bed, pdd, "configure_hosts", "2")
-    jobs["secrets"] = _secrets(state)
-    return jobs
+    # The jobs configure the MicroShift host for real (CA, drop-in, pull secret): undone afterwards, so
+    # the tests that follow find it as the test bed made it.
+    hosts = [name for name in state["nodes"] if name.startswith("microshift-")]
+    before = dict((name, bed.node_snapshot(name)) for name in hosts)
+    try:
+        pdd = _private_data_dir(bed, root, "site", site_vars)
+        jobs["site"] = _run(bed, pdd, "site", "1")
+        hosts_vars = dict(CREDENTIAL_VARS, host_config_mirror=state["mirror"]["hostport"], host_config_mirror_namespace="runner",
+                          host_config_images=images)
+        pdd = _private_data_dir(bed, root, "configure_hosts", hosts_vars)
+        jobs["configure_hosts"] = _run(bed, pdd, "configure_hosts", "2")
+        jobs["secrets"] = _secrets(state)
+        yield jobs
+    finally:
+        for name in hosts:
+            bed.node_restore(name, before[name])
+        for name in hosts:
+            # Nothing the jobs added is left that is neither the test bed's nor the machine's own.
+            left = [p for p in bed.node_snapshot(name, limit=0) if p not in before[name] and not os.path.lexists(p)]
+            assert not left, "%s still holds %s" % (name, left)
 
 
 @pytest.mark.parametrize("job", ["site", "configure_hosts"])
