@@ -71,7 +71,7 @@ def read_storage_conf(paths=None, environ=None):
         try:
             with open(path, "r") as handle:
                 lines = handle.read().splitlines()
-        except (IOError, OSError):
+        except OSError:
             continue
         found = {}
         table = None
@@ -87,7 +87,7 @@ def read_storage_conf(paths=None, environ=None):
     return {}
 
 
-class Storage(object):
+class Storage:
     """One container storage: ``graphroot``, ``runroot`` and ``driver``, each given or from storage.conf.
 
     When none is given, skopeo is left to read the host's storage.conf itself (the storage CRI-O
@@ -137,7 +137,7 @@ def storage_names(ref, digest):
     return names
 
 
-class StorageTool(object):
+class StorageTool:
     """skopeo against one :class:`Storage`: what it holds, load an image, delete an image."""
 
     def __init__(self, skopeo, storage, runner=None):

@@ -251,7 +251,7 @@ def _read_text(path, missing_ok=False):
 def _listing(directory, suffix):
     try:
         names = sorted(name for name in os.listdir(directory) if name.endswith(suffix))
-    except (IOError, OSError) as exc:
+    except OSError as exc:
         if getattr(exc, "errno", None) == 2:
             return []
         raise HostConfigError("Cannot list %s: %s." % (directory, exc.strerror or exc))

@@ -266,7 +266,7 @@ def check_space(entries, what):
 # --------------------------------------------------------------------------- sources
 
 
-class StoreSource(object):
+class StoreSource:
     """An image store (``store.json`` + ``blobs/``) on the host: read in place."""
 
     kind = "store"
@@ -324,7 +324,7 @@ class StoreSource(object):
         pass
 
 
-class SetSource(object):
+class SetSource:
     """A transfer set (volumes of ``image_bundle`` pack) on the host, checked as ``image_bundle`` unpack checks it.
 
     The signature against the trusted keys first, then every file's presence and size, the set's
@@ -484,7 +484,7 @@ def query_held(tool, index, refs, platform, parallel):
     return dict((name, digest) for name, digest in found if digest)
 
 
-class Loader(object):
+class Loader:
     """One load: plan, check, write, verify. ``run()`` returns the module's result."""
 
     def __init__(self, tool, source, refs, architecture, parallel=2, prune=False, record_path=None, check_mode=False,

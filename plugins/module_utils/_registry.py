@@ -323,7 +323,7 @@ class ManifestReader:
         return True
 
 
-class RegistrySource(object):
+class RegistrySource:
     """Reads manifests and small blobs from any registry: one :class:`ManifestReader` per host.
 
     What the signature checks read (attachments, their payloads, the manifests they sign).

@@ -360,7 +360,7 @@ def main():
         module.fail_json(msg=str(exc), **exc.details)
     except StorageError as exc:
         module.fail_json(msg=str(exc))
-    except (IOError, OSError) as exc:
+    except OSError as exc:
         module.fail_json(msg="Loading failed on %s: %s." % (exc.filename or "a file", exc.strerror or exc))
     module.exit_json(**result)
 

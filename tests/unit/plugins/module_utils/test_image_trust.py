@@ -29,7 +29,7 @@ def _digest(data):
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-class MemoryRegistries(object):
+class MemoryRegistries:
     """Registries in memory: ``{(registry, repository, reference): bytes}`` and blobs; counts reads."""
 
     def __init__(self):
