@@ -7,7 +7,8 @@
 ``systemd-nspawn --boot`` or a ``qemu-system-x86_64``), waits for any of them to exit, and starts
 it again when it asked for a reboot: systemd-nspawn exits with 133 when the container reboots;
 QEMU runs with ``-no-reboot -no-shutdown``, so it exits (0) only when the guest reboots. Any other
-exit leaves that host down. QEMU's ``-no-reboot`` makes it exit on a reboot and on a power-off
+exit leaves that host down, and so does a reboot loop (MAX_QUICK reboots in a row, each sooner than
+MIN_RUN after its start). QEMU's ``-no-reboot`` makes it exit on a reboot and on a power-off
 alike (with ``-no-shutdown`` a reboot would pause it), so a QEMU exit is a reboot when the guest's
 kernel said so last on its console (``reboot: Restarting system``). Every start and exit is appended to ``events.jsonl`` (host, pid, rc,
 time). SIGTERM stops every machine at once: the init of each nspawn container is killed (the
@@ -26,8 +27,11 @@ import sys
 import time
 
 STOP_GRACE = 15.0
-# A machine that exits sooner than this after its start did not boot: it is not restarted.
+# A machine that asks for a reboot sooner than this after its start, MAX_QUICK times in a row, is in a
+# reboot loop: it is left down. A single quick reboot is honoured (a host that boots in under two
+# seconds can be told to reboot by its first SSH session).
 MIN_RUN = 3.0
+MAX_QUICK = 3
 
 
 class _Wake(Exception):
@@ -39,6 +43,7 @@ class Supervisor:
         self.config = config
         self.hosts = {h["name"]: h for h in config["hosts"]}
         self.procs = {}  # pid -> (name, started)
+        self.quick = {}  # name -> reboots in a row that came sooner than MIN_RUN after the start
         self.stopping = False
         self.waiting = False
         self.events = config["events"]
@@ -64,8 +69,11 @@ class Supervisor:
             return
         host = self.hosts[name]
         if rc in host["reboot_codes"] and (not host.get("reboot_marker") or self._console_says(host)):
-            if time.monotonic() - started >= MIN_RUN:
+            self.quick[name] = self.quick.get(name, 0) + 1 if time.monotonic() - started < MIN_RUN else 0
+            if self.quick[name] < MAX_QUICK:
                 self.start(name)
+            else:
+                self.record(host=name, event="reboot-loop", pid=pid, rc=rc)
 
     @staticmethod
     def _console_says(host):
