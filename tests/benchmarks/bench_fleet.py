@@ -45,6 +45,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 from tests.sandbox import Sandbox  # noqa: E402  pylint: disable=wrong-import-position
+from tests.sandbox.booted import events as booted_events  # noqa: E402  pylint: disable=wrong-import-position
 from run import TreeSampler, machine_info  # noqa: E402  pylint: disable=wrong-import-position
 
 ACCESS_RE = re.compile(r'^(\S+) \S+ \S+ \[[^\]]*\] "(\S+) (\S+) [^"]*" (\d{3}) (\d+|-)')
@@ -335,10 +336,24 @@ def table(report):
         lines.append("")
         lines.append("rolling reboot, %d hosts in batches of %d: %.1f s wall, rc %d, load before %.2f" % (
             reboot["hosts"], reboot["batch"], reboot["wall_s"], reboot["rc"], reboot["load_before"][0]))
+        if "reboots_per_host" in reboot:
+            counts = reboot["reboots_per_host"]
+            lines.append("  reboots per host (the supervisor's records): %s" % ", ".join(
+                "%d: %d hosts" % (n, list(counts.values()).count(n)) for n in sorted(set(counts.values()))))
         for i, play in enumerate(reboot["plays"], start=1):
             lines.append("  batch %d (%s): %s s" % (i, ", ".join(play["hosts"][:1] + ["..."] + play["hosts"][-1:]) if len(play["hosts"]) > 2
                                                     else ", ".join(play["hosts"]), play["seconds"]))
     return "\n".join(lines)
+
+
+def reboots_per_host(events, hosts, since):
+    """How many times each of the first ``hosts`` hosts rebooted after ``since`` (epoch seconds), from
+    the supervisor's records: a host that asked for a reboot exits with 133 (nspawn), once per reboot."""
+    counts = {"microshift-%d" % i: 0 for i in range(1, hosts + 1)}
+    for event in events:
+        if event["event"] == "exit" and event.get("rc") == 133 and event["time"] >= since and event["host"] in counts:
+            counts[event["host"]] += 1
+    return counts
 
 
 def parse_args(argv=None):
@@ -384,10 +399,12 @@ def main(argv=None):
             rc = rc or (fig["rc"] != 0)
         if args.reboot_batch:
             # One more registry mirrored: every host's drop-in changes, so every host is rebooted.
+            reboot_started = time.time()
             fig = fleet.configure(hosts, "reboot", ["-e", "airgap_serial=%d" % args.reboot_batch, "-e", "host_config_reboot=true",
                                                     "-e", json.dumps({"host_config_registries": ["quay.io", "registry.redhat.io",
                                                                                                   "registry.access.redhat.com", "ghcr.io"]})])
             fig["batch"] = args.reboot_batch
+            fig["reboots_per_host"] = reboots_per_host(booted_events(sb.state), hosts, reboot_started)
             report["results"]["reboot"] = fig
             rc = rc or (fig["rc"] != 0)
     finally:
