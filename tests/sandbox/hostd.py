@@ -42,7 +42,7 @@ class Supervisor:
     def __init__(self, config):
         self.config = config
         self.hosts = {h["name"]: h for h in config["hosts"]}
-        self.procs = {}  # pid -> (name, started)
+        self.procs = {}  # pid -> (name, started, Popen)
         self.quick = {}  # name -> reboots in a row that came sooner than MIN_RUN after the start
         self.stopping = False
         self.waiting = False
@@ -58,12 +58,16 @@ class Supervisor:
         console = open(host["console"], "ab")  # pylint: disable=consider-using-with
         proc = subprocess.Popen(host["argv"], stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT, close_fds=True)
         console.close()
-        self.procs[proc.pid] = (name, time.monotonic())
+        # The Popen object is kept until its exit is reaped here: a Popen dropped while its child runs is
+        # polled (waitpid) by the next Popen, which would reap a machine's exit that this loop then
+        # never sees (seen: one host of a batch of ten rebooting at once was never started again).
+        self.procs[proc.pid] = (name, time.monotonic(), proc)
         self.record(host=name, event="start", pid=proc.pid)
 
     def on_exit(self, pid, status):
-        name, started = self.procs.pop(pid)
+        name, started, proc = self.procs.pop(pid)
         rc = os.waitstatus_to_exitcode(status)
+        proc.returncode = rc  # reaped: nothing left for subprocess to wait for
         self.record(host=name, event="exit", pid=pid, rc=rc)
         if self.stopping:
             return
@@ -110,7 +114,7 @@ class Supervisor:
         if self.stopping:
             return
         self.stopping = True
-        for pid, (name, _started) in list(self.procs.items()):
+        for pid, (name, _started, _proc) in list(self.procs.items()):
             host = self.hosts[name]
             for init in self._container_inits(host["netns"]) if host.get("netns") else []:
                 try:
