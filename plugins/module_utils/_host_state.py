@@ -174,6 +174,107 @@ def restore_all(saved, check_mode=False):
     return changed
 
 
+def _wanted_ids(owner, group, path):
+    try:
+        uid = -1 if owner is None else (int(owner) if str(owner).isdigit() else pwd.getpwnam(owner).pw_uid)
+    except KeyError as exc:
+        raise HostStateError("the owner %s of %s does not exist" % (owner, path)) from exc
+    try:
+        gid = -1 if group is None else (int(group) if str(group).isdigit() else grp.getgrnam(group).gr_gid)
+    except KeyError as exc:
+        raise HostStateError("the group %s of %s does not exist" % (group, path)) from exc
+    return uid, gid
+
+
+def file_differs(path, data, mode, owner=None, group=None):
+    """True when ``path`` does not hold ``data`` with ``mode`` (an int) and, when given, ``owner`` and ``group``."""
+    uid, gid = _wanted_ids(owner, group, path)
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        raise HostStateError("cannot read %s: %s" % (path, exc.strerror or exc)) from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise HostStateError("%s is not a regular file" % path)
+    if stat.S_IMODE(info.st_mode) != mode or uid not in (-1, info.st_uid) or gid not in (-1, info.st_gid):
+        return True
+    if info.st_size != len(data):
+        return True
+    try:
+        with open(path, "rb") as handle:
+            return handle.read() != data
+    except OSError as exc:
+        raise HostStateError("cannot read %s: %s" % (path, exc.strerror or exc)) from exc
+
+
+def apply_files(files, move=None):
+    """Make every file of ``files`` as described, all of them or none.
+
+    ``files`` is a list of dicts: ``path``, ``data`` (bytes), ``mode`` (int), ``owner`` and
+    ``group`` (names or ids; None keeps the file's), ``dir_mode`` (int: the mode of a missing parent
+    directory, created with its missing parents). Every file is saved first (:func:`save`); a file
+    that already is as described is not touched. A new file is created unreadable by others and
+    gets its mode right after. ``move(temp, path)`` replaces the rename (see
+    :func:`write_file`).
+
+    Returns the journal ``{"changed": [paths], "saved": {path: state}, "created": [directories]}``.
+    When one file cannot be written, every file written before it is put back and every directory
+    created is removed (:func:`undo_files`), and :class:`HostStateError` names the file.
+    """
+    journal = {"changed": [], "saved": {}, "created": []}
+    pending = []
+    for entry in files:
+        path = entry["path"]
+        if file_differs(path, entry["data"], entry["mode"], entry.get("owner"), entry.get("group")):
+            journal["saved"][path] = save(path)
+            pending.append(entry)
+    try:
+        for entry in pending:
+            path = entry["path"]
+            uid, gid = _wanted_ids(entry.get("owner"), entry.get("group"), path)
+            directory = os.path.dirname(path)
+            missing = []
+            parent = directory
+            while parent and not os.path.isdir(parent):
+                missing.append(parent)
+                parent = os.path.dirname(parent)
+            for new_dir in reversed(missing):
+                os.mkdir(new_dir, entry.get("dir_mode", 0o755))
+                journal["created"].append(new_dir)
+                os.chown(new_dir, uid, gid)
+                os.chmod(new_dir, entry.get("dir_mode", 0o755))
+            previous = os.umask(0o077)
+            try:
+                write_file(path, entry["data"], move=move)
+            finally:
+                os.umask(previous)
+            journal["changed"].append(path)
+            os.chown(path, uid, gid)
+            os.chmod(path, entry["mode"])
+    except Exception as exc:  # pylint: disable=broad-except
+        # OSError, HostStateError, or the plain Exception of AnsibleModule.atomic_move, whose cause holds the OSError
+        cause = exc if isinstance(exc, (OSError, HostStateError)) else (exc.__cause__ or exc)
+        message = "cannot write %s: %s" % (entry["path"], getattr(cause, "strerror", None) or cause)
+        try:
+            undo_files(journal)
+        except HostStateError as undo_exc:
+            raise HostStateError("%s, and putting back the files written before failed: %s" % (message, undo_exc)) from exc
+        raise HostStateError(message + (", so the files written before were put back as they were" if journal["changed"]
+                                        else "")) from exc
+    return journal
+
+
+def undo_files(journal):
+    """Put back the files an :func:`apply_files` journal changed and remove the directories it created."""
+    restore_all({path: journal["saved"][path] for path in journal["changed"] if path in journal["saved"]})
+    for directory in reversed(journal["created"]):
+        try:
+            os.rmdir(directory)
+        except OSError:
+            pass
+
+
 def unit_states(text):
     """``{unit: {property: value}}`` from ``systemctl show --property=Id,... units`` (blocks separated by blank lines)."""
     units = {}
@@ -184,5 +285,5 @@ def unit_states(text):
     return units
 
 
-__all__ = ["HostStateError", "MAX_SAVED_BYTES", "differs", "os_family", "parse_os_release", "read_os_family",
-           "restore", "restore_all", "save", "save_all", "unit_states"]
+__all__ = ["HostStateError", "MAX_SAVED_BYTES", "apply_files", "differs", "file_differs", "os_family", "parse_os_release",
+           "read_os_family", "restore", "restore_all", "save", "save_all", "undo_files", "unit_states"]

@@ -155,6 +155,46 @@ def mirror_config(mirror, namespace=None, registries=DEFAULT_REGISTRIES, digest_
     return {"registry": entries}
 
 
+class DropinOptionError(ValueError):
+    """An option that cannot make a drop-in; the message is one sentence naming the option and the file."""
+
+    def __init__(self, message, errors=None):
+        self.errors = list(errors or [])
+        super().__init__(message)
+
+
+def build_dropin(mirror, namespace=None, registries=DEFAULT_REGISTRIES, images=(), digest_only=True, insecure=False,
+                 additional=None, header=None, path="the drop-in"):
+    """The drop-in that sends the pulls of ``registries`` and of the registries of ``images`` to ``mirror``.
+
+    Returns ``(text, sources, location)``: the checked text (:func:`checked_render`), the source
+    registries sent to the mirror and the mirror location (``mirror[/namespace]``). Raises
+    :class:`DropinOptionError` naming the option at fault and ``path`` (nothing is to be written).
+    """
+    mirror = (mirror or "").strip().rstrip("/")
+    problem = location_problem(mirror, "mirror")
+    if problem is None and "/" in mirror:
+        problem = "mirror %r must be host or host:port (put a path in namespace)" % mirror
+    if problem:
+        raise DropinOptionError("Option %s; the drop-in %s was not changed." % (problem, path))
+    namespace = (namespace or "").strip("/") or None
+    for source in registries:
+        problem = location_problem(source, "registries entry")
+        if problem:
+            raise DropinOptionError("Option %s; the drop-in %s was not changed." % (problem, path))
+    try:
+        sources = registries_for(images, defaults=registries)
+    except RegistriesConfError as exc:
+        raise DropinOptionError("Option images: %s; the drop-in %s was not changed." % ("; ".join(exc.errors), path),
+                                exc.errors)
+    try:
+        data = mirror_config(mirror, namespace, sources, digest_only=digest_only, insecure=insecure, additional=additional)
+        text = checked_render(data, header=header, what="the drop-in %s" % path)
+    except RegistriesConfError as exc:
+        raise DropinOptionError("%s; it was not written and the current file was left as it was." % exc, exc.errors)
+    return text, [source for source in sources if source != mirror], mirror_location(mirror, namespace)
+
+
 # --------------------------------------------------------------------------- schema
 
 def _type_name(value):

@@ -167,14 +167,7 @@ from ansible.module_utils.common.text.converters import to_bytes, to_native
 
 from ansible_collections.airgap.microshift.plugins.module_utils._files import ensure_file
 from ansible_collections.airgap.microshift.plugins.module_utils._reference import DEFAULT_REGISTRIES
-from ansible_collections.airgap.microshift.plugins.module_utils._registries_conf import (
-    RegistriesConfError,
-    checked_render,
-    location_problem,
-    mirror_config,
-    mirror_location,
-    registries_for,
-)
+from ansible_collections.airgap.microshift.plugins.module_utils._registries_conf import DropinOptionError, build_dropin
 
 
 def _read(path):
@@ -187,32 +180,16 @@ def _read(path):
 
 def _build(module):
     params = module.params
-    mirror = (params["mirror"] or "").strip().rstrip("/")
-    problem = location_problem(mirror, "mirror")
-    if problem is None and "/" in mirror:
-        problem = "mirror %r must be host or host:port (put a path in namespace)" % mirror
-    if problem:
-        module.fail_json(msg="Option %s; the drop-in %s was not changed." % (problem, params["path"]))
-    namespace = (params["namespace"] or "").strip("/") or None
-    for source in params["registries"]:
-        problem = location_problem(source, "registries entry")
-        if problem:
-            module.fail_json(msg="Option %s; the drop-in %s was not changed." % (problem, params["path"]))
     try:
-        registries = registries_for(params["images"], defaults=params["registries"])
-    except RegistriesConfError as exc:
-        module.fail_json(msg="Option images: %s; the drop-in %s was not changed." % ("; ".join(exc.errors), params["path"]),
-                         errors=exc.errors)
-    try:
-        data = mirror_config(mirror, namespace, registries, digest_only=params["digest_only"], insecure=params["insecure"],
-                             additional=params["additional_registries"])
-        content = checked_render(data, header=params["header"], what="the drop-in %s" % params["path"])
-    except RegistriesConfError as exc:
-        module.fail_json(msg="%s; it was not written and the current file was left as it was." % to_native(exc), errors=exc.errors)
+        content, registries, location = build_dropin(
+            params["mirror"], params["namespace"], params["registries"], params["images"], digest_only=params["digest_only"],
+            insecure=params["insecure"], additional=params["additional_registries"], header=params["header"], path=params["path"])
+    except DropinOptionError as exc:
+        module.fail_json(msg=to_native(exc), **({"errors": exc.errors} if exc.errors else {}))
     if params["insecure"]:
         module.warn("The drop-in %s allows plain HTTP or unverified TLS to the mirror %s (insecure=true): anyone on the path "
-                    "can read and change the images." % (params["path"], mirror))
-    return content, [source for source in registries if source != mirror], mirror_location(mirror, namespace)
+                    "can read and change the images." % (params["path"], location.split("/")[0]))
+    return content, registries, location
 
 
 def _make_directory(module, path):
