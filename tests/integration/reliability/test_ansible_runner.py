@@ -204,7 +204,7 @@ def test_job_succeeds_with_events_and_artifacts(runner_jobs, job):
     done = [e for e in events if e["event"] == "runner_on_ok" and e["event_data"].get("host") == "microshift-1"]
     actions = {e["event_data"]["task_action"] for e in done}
     # The host's configuration and its verification through the mirror, as job events.
-    assert {"airgap.microshift.registries_conf", "airgap.microshift.mirror_check"} <= actions, sorted(actions)
+    assert {"airgap.microshift.mirror_config", "airgap.microshift.mirror_check"} <= actions, sorted(actions)
     check = next(e for e in done if e["event_data"]["task_action"] == "airgap.microshift.mirror_check")
     assert check["event_data"]["res"]["served"] and not check["event_data"]["res"]["not_served"]
 
