@@ -155,6 +155,27 @@ def mirror_config(mirror, namespace=None, registries=DEFAULT_REGISTRIES, digest_
     return {"registry": entries}
 
 
+def dropin_argument_spec():
+    """The options that make a drop-in (:func:`build_dropin`), as an ``AnsibleModule`` argument spec:
+    the modules that write one share them. ``mirror`` is required or not by each module."""
+    return dict(
+        mirror=dict(type="str"),
+        namespace=dict(type="str"),
+        registries=dict(type="list", elements="str", default=list(DEFAULT_REGISTRIES)),
+        images=dict(type="list", elements="str", default=[]),
+        digest_only=dict(type="bool", default=True),
+        insecure=dict(type="bool", default=False),
+        additional_registries=dict(type="list", elements="dict", default=[]),
+        header=dict(type="str"),
+    )
+
+
+def insecure_warning(path, location):
+    """The warning of a drop-in that lets the containers tools talk to the mirror without TLS verification."""
+    return ("The drop-in %s allows plain HTTP or unverified TLS to the mirror %s (insecure=true): anyone on the path "
+            "can read and change the images." % (path, location.split("/")[0]))
+
+
 class DropinOptionError(ValueError):
     """An option that cannot make a drop-in; the message is one sentence naming the option and the file."""
 

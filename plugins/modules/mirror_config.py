@@ -188,8 +188,9 @@ from ansible_collections.airgap.microshift.plugins.module_utils._authfile import
 from ansible_collections.airgap.microshift.plugins.module_utils._host_state import (
     HostStateError, apply_files, file_differs, undo_files,
 )
-from ansible_collections.airgap.microshift.plugins.module_utils._reference import DEFAULT_REGISTRIES
-from ansible_collections.airgap.microshift.plugins.module_utils._registries_conf import DropinOptionError, build_dropin
+from ansible_collections.airgap.microshift.plugins.module_utils._registries_conf import (
+    DropinOptionError, build_dropin, dropin_argument_spec, insecure_warning,
+)
 
 _TEXT_MODE = 0o644
 _SECRET_MODE = 0o600
@@ -278,15 +279,8 @@ def _check_options(module):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            mirror=dict(type="str", required=True),
-            namespace=dict(type="str"),
-            registries=dict(type="list", elements="str", default=list(DEFAULT_REGISTRIES)),
-            images=dict(type="list", elements="str", default=[]),
-            digest_only=dict(type="bool", default=True),
-            insecure=dict(type="bool", default=False),
-            additional_registries=dict(type="list", elements="dict", default=[]),
+            **dict(dropin_argument_spec(), mirror=dict(type="str", required=True)),
             registries_conf=dict(type="path", default="/etc/containers/registries.conf.d/999-microshift-mirror.conf"),
-            header=dict(type="str"),
             ca=dict(type="str"),
             ca_path=dict(type="path"),
             trust_command=dict(type="list", elements="str", default=[]),
@@ -304,8 +298,7 @@ def main():
     params = module.params
     files, registries, location = _plan(module)
     if params["insecure"]:
-        module.warn("The drop-in %s allows plain HTTP or unverified TLS to the mirror %s (insecure=true): anyone on the path "
-                    "can read and change the images." % (params["registries_conf"], location.split("/")[0]))
+        module.warn(insecure_warning(params["registries_conf"], location))
     try:
         changing = [(entry, diff) for entry, diff in files
                     if file_differs(entry["path"], entry["data"], entry["mode"], entry.get("owner"), entry.get("group"))]

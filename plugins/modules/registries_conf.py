@@ -166,8 +166,9 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_bytes, to_native
 
 from ansible_collections.airgap.microshift.plugins.module_utils._files import ensure_file
-from ansible_collections.airgap.microshift.plugins.module_utils._reference import DEFAULT_REGISTRIES
-from ansible_collections.airgap.microshift.plugins.module_utils._registries_conf import DropinOptionError, build_dropin
+from ansible_collections.airgap.microshift.plugins.module_utils._registries_conf import (
+    DropinOptionError, build_dropin, dropin_argument_spec, insecure_warning,
+)
 
 
 def _read(path):
@@ -187,8 +188,7 @@ def _build(module):
     except DropinOptionError as exc:
         module.fail_json(msg=to_native(exc), **({"errors": exc.errors} if exc.errors else {}))
     if params["insecure"]:
-        module.warn("The drop-in %s allows plain HTTP or unverified TLS to the mirror %s (insecure=true): anyone on the path "
-                    "can read and change the images." % (params["path"], location.split("/")[0]))
+        module.warn(insecure_warning(params["path"], location))
     return content, registries, location
 
 
@@ -206,15 +206,8 @@ def main():
         argument_spec=dict(
             path=dict(type="path", default="/etc/containers/registries.conf.d/999-microshift-mirror.conf"),
             state=dict(type="str", choices=["present", "absent"], default="present"),
-            mirror=dict(type="str"),
-            namespace=dict(type="str"),
-            registries=dict(type="list", elements="str", default=list(DEFAULT_REGISTRIES)),
-            images=dict(type="list", elements="str", default=[]),
-            digest_only=dict(type="bool", default=True),
-            insecure=dict(type="bool", default=False),
-            additional_registries=dict(type="list", elements="dict", default=[]),
-            header=dict(type="str"),
             mode=dict(type="raw", default="0644"),
+            **dropin_argument_spec()
         ),
         required_if=[("state", "present", ["mirror"])],
         add_file_common_args=True,
