@@ -258,6 +258,28 @@ def _listing(directory, suffix):
     return [os.path.join(directory, name) for name in names if os.path.isfile(os.path.join(directory, name))]
 
 
+def read_host_registries(registries_conf, registries_conf_d):
+    """``(registries, files)`` of a host: its registries.conf and drop-ins, as its containers tools merge them.
+
+    ``registries`` is ``{prefix: [[registry]] entry}``; ``files`` the ``[(path, settings)]`` read, the
+    main file first, then the drop-ins (``*.conf``) in order. Absent files are skipped. Raises
+    :class:`HostConfigError` naming the file at fault.
+    """
+    files = []
+    for path in ([registries_conf] if registries_conf else []) + _listing(registries_conf_d, ".conf"):
+        text = _read_text(path, missing_ok=True)
+        if text is None:
+            continue
+        try:
+            files.append((path, _registries_conf.read_host_file(text, path)))
+        except _registries_conf.RegistriesConfError as exc:
+            raise HostConfigError(str(exc))
+    try:
+        return _registries_conf.merge_host_files(files), files
+    except _registries_conf.RegistriesConfError as exc:
+        raise HostConfigError(str(exc))
+
+
 def read_host_configuration(policy_path, registries_conf, registries_conf_d, registries_d):
     """``(policy, registries, registries_d)`` of a host, read from its files as its containers tools read them.
 
@@ -272,19 +294,7 @@ def read_host_configuration(policy_path, registries_conf, registries_conf_d, reg
         policy = policy_mod.parse(text, policy_path)
     except policy_mod.PolicyError as exc:
         raise HostConfigError(str(exc))
-    files = []
-    for path in ([registries_conf] if registries_conf else []) + _listing(registries_conf_d, ".conf"):
-        text = _read_text(path, missing_ok=True)
-        if text is None:
-            continue
-        try:
-            files.append((path, _registries_conf.read_host_file(text, path)))
-        except _registries_conf.RegistriesConfError as exc:
-            raise HostConfigError(str(exc))
-    try:
-        registries = _registries_conf.merge_host_files(files)
-    except _registries_conf.RegistriesConfError as exc:
-        raise HostConfigError(str(exc))
+    registries = read_host_registries(registries_conf, registries_conf_d)[0]
     docs = []
     for path in _listing(registries_d, ".yaml"):
         try:

@@ -83,6 +83,9 @@ def tls_context(registry, tls_verify=True, cert_dir=None):
         context.verify_mode = ssl.CERT_NONE
         return context
     context = ssl.create_default_context()
+    if getattr(ssl, "HAS_NEVER_CHECK_COMMON_NAME", False):
+        # as Go's crypto/tls, which the containers tools use: the host name must be in subjectAltName
+        context.hostname_checks_common_name = False
     directories = [cert_dir] if cert_dir else [os.path.join(base, registry) for base in CERT_DIRS]
     for directory in directories:
         if not os.path.isdir(directory):

@@ -54,12 +54,15 @@ def make_test_ca(pki, name="ca", cn="airgap test CA"):
     return key, crt
 
 
-def make_server_cert(pki, ca, san="IP:127.0.0.1,DNS:localhost"):
-    """A server key and certificate for ``san`` signed by ``ca`` (from :func:`make_test_ca`)."""
+def make_server_cert(pki, ca, san="IP:127.0.0.1,DNS:localhost", cn="127.0.0.1"):
+    """A server key and certificate for ``san`` signed by ``ca`` (from :func:`make_test_ca`).
+
+    With ``san`` None the certificate names its host only in the legacy Common Name ``cn``.
+    """
     key, csr, crt, ext = (os.path.join(pki, name) for name in ("server.key", "server.csr", "server.crt", "server.ext"))
     with open(ext, "w") as handle:
-        handle.write("subjectAltName=%s\nextendedKeyUsage=serverAuth\n" % san)
-    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+        handle.write(("subjectAltName=%s\n" % san if san else "") + "extendedKeyUsage=serverAuth\n")
+    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=" + cn],
                    check=True, capture_output=True)
     subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca[1], "-CAkey", ca[0], "-CAcreateserial", "-out", crt,
                     "-days", "2", "-extfile", ext], check=True, capture_output=True)
@@ -161,14 +164,18 @@ class LocalRegistry:
     """A distribution registry on 127.0.0.1.
 
     ``tls`` (a test CA, its certificate in ``cert_dir``) or plain HTTP; ``auth`` is ``htpasswd``,
-    ``token`` or None (anonymous). With ``netns`` (the path of a network namespace, such as
-    ``/proc/<pid>/ns/net``) it listens on that namespace's loopback; :attr:`skopeo` then names a
+    ``token`` or None (anonymous); ``server_san`` and ``server_cn`` name the server certificate's
+    host (``server_san`` None: only its legacy Common Name). With ``netns`` (the path of a network
+    namespace, such as ``/proc/<pid>/ns/net``) it listens on that namespace's loopback; :attr:`skopeo` then names a
     wrapper that runs skopeo in there too. Attributes: host, cert_dir, ca_path, username, password,
     authfile (the right login), data_dir, log_path.
     """
 
-    def __init__(self, work, username="mirror", password="s3cret-Pass", auth="htpasswd", tls=True, netns=None, port=None):
+    def __init__(self, work, username="mirror", password="s3cret-Pass", auth="htpasswd", tls=True, netns=None, port=None,
+                 server_san="IP:127.0.0.1,DNS:localhost", server_cn="127.0.0.1"):
         self.work = work
+        self.server_san = server_san
+        self.server_cn = server_cn
         self.auth = auth
         self.tls = tls
         self.netns = netns
@@ -194,7 +201,7 @@ class LocalRegistry:
         os.makedirs(pki)
         os.makedirs(self.cert_dir)
         ca = make_test_ca(pki)
-        key, crt = make_server_cert(pki, ca)
+        key, crt = make_server_cert(pki, ca, self.server_san, self.server_cn)
         shutil.copy(ca[1], self.ca_path)
         return key, crt
 

@@ -79,8 +79,10 @@ def run_module(capsys, args, check_mode=False):
 
 
 def base_args(mirror, **extra):
+    # skopeo alone: it runs in the namespace, this process does not (test_mirror_check_direct runs
+    # the whole module in there, with both engines)
     args = {"registries_conf": mirror.conf, "cert_dir": mirror.cert_dir, "authfile": mirror.authfile,
-            "executable": mirror.skopeo, "retry_delay": 0.0, "timeout": 60}
+            "executable": mirror.skopeo, "retry_delay": 0.0, "timeout": 60, "engine": "skopeo"}
     args.update(extra)
     return args
 

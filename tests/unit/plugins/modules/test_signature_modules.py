@@ -14,7 +14,7 @@ import stat
 import pytest
 
 from ansible_collections.airgap.microshift.plugins.module_utils import _registries_conf, _signing
-from ansible_collections.airgap.microshift.plugins.modules import containers_policy, registries_d, signature_check
+from ansible_collections.airgap.microshift.plugins.modules import containers_policy, mirror_check, registries_d, signature_check
 from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.modules import run_main, warning_texts
 from ansible_collections.airgap.microshift.tests.unit.plugins.helpers.signatures import sign_image
 
@@ -139,6 +139,42 @@ def test_signature_check_against_a_real_registry(capsys, etc, local_registry, sy
     os.unlink(str(etc / "registries.d" / "mirror.yaml"))
     result, dummy = run_main(signature_check, capsys, dict(args, images=refs[:1]))
     assert result["failed"] and "registries.d does not enable use-sigstore-attachments" in result["msg"]
+
+
+def test_mirror_check_evaluates_the_policy_in_the_same_run(capsys, etc, local_registry, synthetic_images, release_key, tmp_path):
+    """mirror_check with signature_policy: the same verdicts as signature_check, in the run that resolves the images."""
+    signed = synthetic_images.push("good-m", "ocp/good", ["amd64", "arm64"], [("gm-{arch}", 8 * 1024)])
+    bare = synthetic_images.push("bare-m", "ocp/bare", ["amd64", "arm64"], [("bm-{arch}", 8 * 1024)])
+    sign_image(local_registry, signed, release_key, str(tmp_path), identity="quay.io/ocp/good@{digest}")
+    # quay.io/ocp is read from the registry (a mirror); the source itself is a closed port, so
+    # nothing here ever leaves the machine
+    conf = etc / "mirror.conf"
+    conf.write_text('[[registry]]\nprefix = "quay.io/ocp"\nlocation = "127.0.0.1:9/ocp"\n'
+                    '[[registry.mirror]]\nlocation = "%s/ocp"\n' % local_registry.host)
+    (etc / "registries.d" / "mirror.yaml").write_text("docker:\n  %s:\n    use-sigstore-attachments: true\n" % local_registry.host)
+    run_main(containers_policy, capsys, {"path": str(etc / "policy.json"), "scopes": ["quay.io/ocp"], "keys": [str(etc / "release.pub")]})
+    refs = ["quay.io/%s@%s" % (image["repository"], image["digest"]) for image in (signed, bare)]
+    args = {"images": refs, "authfile": local_registry.authfile, "registries_conf": str(conf), "cert_dir": local_registry.cert_dir,
+            "registries_d": str(etc / "registries.d"), "architecture": "x86_64", "retries": 0}
+    result, dummy = run_main(mirror_check, capsys, dict(args, signature_policy=str(etc / "policy.json")), check_mode=True)
+    assert result["failed"] and result["changed"] is False
+    assert result["served"] == refs and result["not_served"] == []
+    assert result["reads"] == {"direct": 2, "skopeo": 0, "obstacle": None}
+    assert result["signatures"]["accepted"] == refs[:1]
+    assert [(r["ref"], r["reason"], r["source"]) for r in result["signatures"]["rejected"]] == [
+        (refs[1], "A signature was required, but no signature exists", "%s/ocp/bare" % local_registry.host)]
+    assert "1 of 2 image(s) would be refused by the signature policy" in result["msg"] and refs[1] in result["msg"]
+    # signature_check on the same host files gives the same verdicts
+    alone, dummy = run_main(signature_check, capsys, {
+        "images": refs, "authfile": local_registry.authfile, "policy": str(etc / "policy.json"), "registries_conf": str(conf),
+        "registries_d": str(etc / "registries.d"), "cert_dir": local_registry.cert_dir, "architecture": "x86_64"})
+    assert [(r["ref"], r["verdict"], r["reason"]) for r in alone["results"]] == [
+        (r["ref"], r["verdict"], r["reason"]) for r in result["signatures"]["results"]]
+    # without the option, no signature is evaluated; a policy that is not there is named
+    plain, dummy = run_main(mirror_check, capsys, args)
+    assert plain.get("failed") is not True and plain["signatures"] is None
+    missing, dummy = run_main(mirror_check, capsys, dict(args, images=refs[:1], signature_policy=str(etc / "none.json")))
+    assert missing["failed"] and "%s does not exist" % (etc / "none.json") in missing["msg"]
 
 
 @pytest.mark.parametrize("change, words", [
