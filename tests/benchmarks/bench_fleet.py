@@ -22,6 +22,7 @@ access log), and the load average before each run (the machine is shared).
 
     .venv/bin/python tests/benchmarks/bench_fleet.py                       # 5, 20, 50 hosts, reboot in batches of 10
     .venv/bin/python tests/benchmarks/bench_fleet.py --sizes 5 --reboot-batch 0   # a quick look
+    .venv/bin/python tests/benchmarks/bench_fleet.py --sizes 50 --reboot-batch 0 -e host_config_verify_engine=skopeo
 
 Writes tests/benchmarks/results/<timestamp>-fleet.json and latest-fleet.json, prints a table.
 Traffic stays inside the test bed's network namespaces.
@@ -278,7 +279,7 @@ class Fleet:
         out = os.path.join(self.work, name + ".json")
         argv = [os.path.join(self.bin, "ansible-playbook"), "-i", self.inventory, "-f", str(self.args.forks or hosts),
                 "--limit", "microshift[0:%d]" % (hosts - 1), "airgap.microshift.configure_hosts",
-                "-e", "@" + self.vars_file] + list(extra)
+                "-e", "@" + self.vars_file] + [arg for value in self.args.extra_vars for arg in ("-e", value)] + list(extra)
         log("%s: %d hosts, forks %d, load average %s" % (name, hosts, self.args.forks or hosts, " ".join("%.2f" % x for x in load)))
         cpu0 = machine_cpu_s()
         with open(out, "wb") as f:
@@ -363,6 +364,9 @@ def parse_args(argv=None):
     p.add_argument("--reboot-batch", type=int, default=10, help="airgap_serial of the rolling reboot of every host; 0: none (default %(default)s)")
     p.add_argument("--state-dir", default="/tmp/amsb-fleet", help="test bed state dir (default %(default)s)")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="results directory (default tests/benchmarks/results)")
+    p.add_argument("-e", "--extra-vars", action="append", default=[],
+                   help="extra variables for every configure_hosts run, as ansible-playbook takes them (repeatable), "
+                        "e.g. host_config_verify_engine=skopeo")
     p.add_argument("--chart", help="also redraw the benchmark chart here (with results/latest-bench.json)")
     args = p.parse_args(argv)
     args.size_list = sorted(int(x) for x in args.sizes.split(",") if x)
@@ -382,6 +386,7 @@ def main(argv=None):
     ensure_inotify(hosts)
     report = {"started": started.isoformat(timespec="seconds"), "machine": machine_info(), "results": {"curve": []},
               "parameters": {"sizes": args.size_list, "forks": args.forks or "hosts", "reboot_batch": args.reboot_batch,
+                             "extra_vars": args.extra_vars,
                              "host_kind": "nspawn", "release": "tiny 5.0, core images for x86_64"}}
     t0 = time.monotonic()
     sb = Sandbox(args.state_dir, size="tiny", hosts=hosts, host_kind="booted", log=log)
