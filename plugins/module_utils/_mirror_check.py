@@ -135,15 +135,20 @@ class DirectReader:
         self.source = source
 
     def served_from(self, ref):
-        """The physical reference (mirror first) that serves ``ref`` with bytes of its digest, or None."""
+        """The physical reference (mirror first) that serves ``ref`` with bytes of its digest, or None.
+
+        It only confirms: whatever goes wrong here, even what it did not foresee, leaves ``ref`` to skopeo.
+        """
         try:
-            parsed = parse_reference(ref)
-            sources = _registries_conf.pull_sources(self.registries, ref)
-        except (InvalidReference, _registries_conf.RegistriesConfError):
+            return self._served_from(ref)
+        except Exception:  # pylint: disable=broad-except
             return None
+
+    def _served_from(self, ref):
+        parsed = parse_reference(ref)
         if parsed.digest is None or not parsed.digest.startswith("sha256:"):
             return None
-        for candidate in sources:
+        for candidate in _registries_conf.pull_sources(self.registries, ref):
             physical = parse_reference(candidate["ref"])
             if physical.registry in ("docker.io", "index.docker.io"):
                 # containers/image reads these from registry-1.docker.io

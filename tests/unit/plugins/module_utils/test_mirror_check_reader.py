@@ -60,17 +60,21 @@ def test_credential_helpers():
 
 
 class Answers:
-    """A source that answers from ``{(registry, repository): body}``; ``down`` registries cannot tell."""
+    """A source that answers from ``{(registry, repository): body}``; ``down`` registries cannot tell,
+    ``broken`` ones raise what nobody foresaw."""
 
-    def __init__(self, bodies, down=()):
+    def __init__(self, bodies, down=(), broken=()):
         self.bodies = bodies
         self.down = down
+        self.broken = broken
         self.asked = []
 
     def manifest(self, registry, repository, reference, accept=None):
         self.asked.append("%s/%s@%s" % (registry, repository, reference))
         if registry in self.down:
             raise CannotTell("cannot reach %s" % registry)
+        if registry in self.broken:
+            raise ValueError("unforeseen")
         body = self.bodies.get((registry, repository))
         return None if body is None else (body, "application/vnd.oci.image.manifest.v1+json")
 
@@ -96,3 +100,11 @@ def test_the_first_source_that_answers_serves_it():
 ])
 def test_what_it_leaves_to_skopeo(ref, bodies):
     assert DirectReader(REGISTRIES, Answers(bodies)).served_from(ref) is None
+
+
+def test_an_unforeseen_error_leaves_it_to_skopeo():
+    source = Answers({("m2.example:8443", "ns/a/b"): BODY}, broken=["m1.example:8443"])
+    assert DirectReader(REGISTRIES, source).served_from("quay.io/a/b@" + DIGEST) is None
+    assert source.asked == ["m1.example:8443/ns/a/b@" + DIGEST]
+    blocked = merge_host_files([("/b.conf", {"registry": [{"prefix": "quay.io", "blocked": True}]})])
+    assert DirectReader(blocked, Answers({("quay.io", "a/b"): BODY})).served_from("quay.io/a/b@" + DIGEST) is None
