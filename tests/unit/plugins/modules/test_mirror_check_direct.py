@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 
+import ansible
 import pytest
 
 from ansible_collections.airgap.microshift.plugins.modules import mirror_check
@@ -58,12 +59,15 @@ with patch_module_args(args):
 """
 
 
-def _collection_root():
-    """The directory holding ``ansible_collections`` (for PYTHONPATH in the namespace)."""
-    path = os.path.abspath(mirror_check.__file__)
+def _python_path():
+    """PYTHONPATH for the module in the namespace: the directory holding ``ansible_collections``, the
+    one holding ``ansible`` (ansible-test puts it on a path of its own) and this process's own."""
+    root = os.path.abspath(mirror_check.__file__)
     for dummy in range(6):
-        path = os.path.dirname(path)
-    return path
+        root = os.path.dirname(root)
+    paths = [root, os.path.dirname(os.path.dirname(os.path.abspath(ansible.__file__)))]
+    paths += [path for path in os.environ.get("PYTHONPATH", "").split(os.pathsep) if path]
+    return os.pathsep.join(dict.fromkeys(paths))
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +148,7 @@ class Site:
         with open(path, "w") as handle:
             json.dump(args, handle)
         environ = dict((k, v) for k, v in os.environ.items() if "proxy" not in k.lower())
-        environ.update(PYTHONPATH=_collection_root(), HOME=self.home, **(env or {}))
+        environ.update(PYTHONPATH=_python_path(), HOME=self.home, **(env or {}))
         done = subprocess.run([NSENTER, "--net=%s" % self.namespace.path, "--", sys.executable, "-c", RUNNER, path],
                               capture_output=True, env=environ, timeout=600, check=False)
         assert done.stdout, done.stderr.decode("utf-8", "replace")
