@@ -241,6 +241,12 @@ CASES = {
         play=_role("host_config", {"host_config_mirror": c.mirror["hostport"], "host_config_images": [c.good_ref, "quay.io/opendatahub/vllm:fast"]},
                    hosts="microshift"),
         expect=["quay.io/opendatahub/vllm:fast"], absent=[_drop_in(c)]),
+    "host-config-every-problem-at-once": lambda c, o: dict(
+        play=_role("host_config", {"host_config_mirror": c.mirror["hostport"] + "/path", "host_config_mirror_username": "mirror",
+                                   "host_config_mirror_ca_content": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                                   "host_config_images": [c.good_ref, "quay.io/opendatahub/vllm:fast"]}, hosts="microshift"),
+        expect=["host_config_mirror must be set", "host_config_mirror_password", "quay.io/opendatahub/vllm:fast",
+                "host_config_mirror_ca_content is not a PEM certificate", "nothing was changed"], absent=[_drop_in(c)]),
     # Options: sizes, paths, tools, types.
     "pack-invalid-volume-size": lambda c, o: dict(
         play=_module("image_bundle", c.bed.sign({"state": "pack", "store": c.ref["store"], "dest": o, "volume_size": "12XB"})),
