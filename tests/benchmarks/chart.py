@@ -8,8 +8,9 @@
 Left: download and upload wall times per mode, with the download floor (unique bytes / WAN
 bandwidth). Right: bytes fetched from the registries, store size on disk and bytes sent to the
 mirror, each relative to the unique bytes of the release (1.0 is the floor). With a fleet run
-(bench_fleet.py's results JSON, ``--fleet``), a third panel: configure_hosts' wall time and the
-control node's CPU seconds per host against the number of booted hosts.
+(bench_fleet.py's results JSON, ``--fleet``, repeatable: runs with other role variables side by side),
+a third panel: configure_hosts' wall time and the control node's CPU seconds per host against the
+number of booted hosts.
 
     .venv/bin/python tests/benchmarks/chart.py tests/benchmarks/results/latest-bench.json docs/benchmark-chart.png \
         --fleet tests/benchmarks/results/latest-fleet.json
@@ -24,31 +25,47 @@ MODES = (("manual", "(a) manual\nsequential"), ("parallel", "(b) xargs -P 8"), (
 COLORS = {"manual": "#9e9e9e", "parallel": "#607d8b", "ours": "#1e88e5"}
 
 
-def draw_fleet(ax, fleet):
-    """configure_hosts over 5, 20, 50 booted hosts: wall time (bars) and control-node CPU s per host (line)."""
-    curve = fleet["results"]["curve"]
-    hosts = [c["hosts"] for c in curve]
-    x = range(len(curve))
-    rects = ax.bar(list(x), [c["wall_s"] for c in curve], 0.5, color=COLORS["ours"], label="wall time (s)")
-    for rect, c in zip(rects, curve):
-        ax.annotate("%.0f s\n(load %.1f)" % (c["wall_s"], c["load_before"][0]), (rect.get_x() + rect.get_width() / 2, rect.get_height()),
-                    ha="center", va="bottom", fontsize=7)
-    ax.axhline(100, color="#e53935", linestyle="--", linewidth=1, label="target for 50 hosts: 100 s")
-    ax.set_xticks(list(x))
-    ax.set_xticklabels(["%d hosts" % h for h in hosts])
-    ax.set_ylabel("configure_hosts wall time (s)")
-    ax.set_ylim(0, max([c["wall_s"] for c in curve] + [100]) * 1.3)
+def fleet_label(fleet):
+    """The role variables a fleet run changed (bench_fleet.py -e), or the role's defaults."""
+    extra = fleet.get("parameters", {}).get("extra_vars") or []
+    return ", ".join(extra) if extra else "role defaults"
+
+
+def draw_fleet(ax, fleets):
+    """configure_hosts over 5, 20, 50 booted hosts: wall time (bars) and control-node CPU s per host (lines),
+    one group of bars per fleet size and one bar per fleet run (each run with its own role variables)."""
+    sizes = sorted({c["hosts"] for fleet in fleets for c in fleet["results"]["curve"]})
+    width = 0.8 / len(fleets)
+    shades = ["#1e88e5", "#43a047", "#8e24aa", "#6d4c41"]
     ax2 = ax.twinx()
-    ax2.plot(list(x), [c["control_cpu_s_per_host"] for c in curve], "o-", color="#fb8c00", label="control node CPU s per host")
+    top_wall, top_cpu = 100, 0
+    for i, fleet in enumerate(fleets):
+        curve = {c["hosts"]: c for c in fleet["results"]["curve"]}
+        xs = [sizes.index(h) + (i - (len(fleets) - 1) / 2) * width for h in sorted(curve)]
+        walls = [curve[h]["wall_s"] for h in sorted(curve)]
+        rects = ax.bar(xs, walls, width * 0.95, color=shades[i % len(shades)], label="wall time (s): %s" % fleet_label(fleet))
+        for rect, h in zip(rects, sorted(curve)):
+            ax.annotate("%.0f s" % curve[h]["wall_s"], (rect.get_x() + rect.get_width() / 2, rect.get_height()),
+                        ha="center", va="bottom", fontsize=7)
+        cpus = [curve[h]["control_cpu_s_per_host"] for h in sorted(curve)]
+        ax2.plot(xs, cpus, "o-", color=shades[i % len(shades)], alpha=0.6,
+                 label="control node CPU s per host: %s" % fleet_label(fleet))
+        top_wall, top_cpu = max([top_wall] + walls), max([top_cpu] + cpus)
+    ax.axhline(100, color="#e53935", linestyle="--", linewidth=1, label="target for 50 hosts: 100 s")
+    ax.set_xticks(list(range(len(sizes))))
+    ax.set_xticklabels(["%d hosts" % h for h in sizes])
+    ax.set_ylabel("configure_hosts wall time (s)")
+    ax.set_ylim(0, top_wall * 1.45)
     ax2.set_ylabel("control node CPU s per host")
-    ax2.set_ylim(0, max(c["control_cpu_s_per_host"] for c in curve) * 1.6)
+    ax2.set_ylim(0, top_cpu * 2.2)
     ax.set_title("Fleet: booted hosts over SSH, forks = hosts", fontsize=10)
     lines, labels = ax.get_legend_handles_labels()
     lines2, labels2 = ax2.get_legend_handles_labels()
-    ax.legend(lines + lines2, labels + labels2, fontsize=8, loc="upper left")
+    ax.legend(lines + lines2, labels + labels2, fontsize=7, loc="upper left")
 
 
 def draw(report, path, fleet=None):
+    """Draw the chart; *fleet* is one fleet run (bench_fleet.py's results) or a list of them."""
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -57,9 +74,10 @@ def draw(report, path, fleet=None):
     res = report["results"]
     params = report["parameters"]
     modes = [(m, label) for m, label in MODES if res.get(m, {}).get("download")]
-    if fleet and fleet.get("results", {}).get("curve"):
+    fleets = [f for f in (fleet if isinstance(fleet, list) else [fleet]) if f and f.get("results", {}).get("curve")]
+    if fleets:
         fig, (ax_t, ax_b, ax_f) = plt.subplots(1, 3, figsize=(19, 5.2))
-        draw_fleet(ax_f, fleet)
+        draw_fleet(ax_f, fleets)
     else:
         fig, (ax_t, ax_b) = plt.subplots(1, 2, figsize=(13, 5.2))
 
@@ -125,15 +143,15 @@ def draw(report, path, fleet=None):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    fleet = None
-    if len(argv) == 4 and argv[2] == "--fleet":
-        with open(argv[3], encoding="utf-8") as f:
-            fleet = json.load(f)
-        argv = argv[:2]
+    fleets = []
+    while len(argv) >= 4 and argv[-2] == "--fleet":
+        with open(argv[-1], encoding="utf-8") as f:
+            fleets.insert(0, json.load(f))
+        argv = argv[:-2]
     if len(argv) != 2:
-        sys.exit("usage: chart.py RESULTS.json OUT.png [--fleet FLEET.json]")
+        sys.exit("usage: chart.py RESULTS.json OUT.png [--fleet FLEET.json ...]")
     with open(argv[0], encoding="utf-8") as f:
-        draw(json.load(f), argv[1], fleet)
+        draw(json.load(f), argv[1], fleets)
     return 0
 
 
