@@ -1269,13 +1269,19 @@ def verify_message(result):
 # ---------------------------------------------------------------- unpack
 
 
-def _join_blob(store, digest, record, found, lock, durable=True):
-    """Write one blob into the store from its file or parts; (written bytes, error or None).
+def _join_blob(store, digest, record, found, lock, durable=True, link=False):
+    """Write one blob into the store from its file or parts; (written bytes, linked bytes, error or None).
 
     ``durable``: fsync the blob before it is renamed into place (a store that outlives the run).
+    ``link``: a blob held whole in a file on the store's filesystem is hashed in place and hard-linked
+    into the store instead of copied (see :func:`join_blobs`).
     """
     hexdigest = digest[7:]
     target_dir = os.path.join(store, BLOB_DIR)
+    if link and "parts" not in record:
+        linked = _link_blob(target_dir, digest, record, found)
+        if linked is not None:
+            return linked
     pieces = record["parts"] if "parts" in record else [{"volume": record["volume"], "path": record["path"],
                                                          "size": record["size"], "sha256": hexdigest}]
     whole = hashlib.sha256()
@@ -1295,22 +1301,64 @@ def _join_blob(store, digest, record, found, lock, durable=True):
                             part_hash.update(chunk)
                         handle.write(chunk)
             except _strict.OutsideDataError:
-                return 0, shown
+                return 0, 0, shown
             if part_hash.hexdigest() != piece["sha256"]:
-                return 0, shown
+                return 0, 0, shown
         if durable:
             os.fsync(handle.fileno())
         if whole.hexdigest() != hexdigest:
-            return 0, "%s (joined from %d parts)" % (digest, len(pieces))
+            return 0, 0, "%s (joined from %d parts)" % (digest, len(pieces))
         os.chmod(temp, 0o644)
         # Renamed while open and locked: a concurrent run's cleanup never takes it for a stale file.
         os.rename(temp, os.path.join(target_dir, hexdigest))
         temp = None
-        return record["size"], None
+        return record["size"], 0, None
     finally:
         handle.close()
         if temp:
             _discard(temp)
+
+
+def _link_blob(target_dir, digest, record, found):
+    """Hard-link a whole blob's file into ``target_dir`` and hash it in place.
+
+    The file is opened strictly (:func:`_vol_open`), linked by its path under a temporary name, and
+    kept only when the link is the very inode opened; it is then hashed through the open file and
+    renamed into place only when it matches: the name in the store is the file that was hashed.
+    Returns ``(0, bytes linked, None)``, ``(0, 0, error)`` for a corrupt file, or None when the file
+    cannot be linked there (another filesystem or mount, a path that changed): the caller copies it.
+    """
+    shown = "%s/%s" % (record["volume"], record["path"])
+    hexdigest = digest[7:]
+    try:
+        src = _vol_open(found, record["volume"], record["path"], record["size"])
+    except _strict.OutsideDataError:
+        return 0, 0, shown
+    temp = os.path.join(target_dir, "%s%s.%d.%d%s" % (_files.TEMP_PREFIX, hexdigest[:16], os.getpid(), threading.get_ident(),
+                                                      _files.TEMP_SUFFIX))
+    with src:
+        try:
+            os.link(os.path.join(found[record["volume"]], record["path"]), temp, follow_symlinks=False)
+        except OSError:
+            return None
+        opened, made = os.fstat(src.fileno()), os.lstat(temp)
+        if (opened.st_dev, opened.st_ino) != (made.st_dev, made.st_ino):
+            _discard(temp)
+            return None
+        try:
+            whole = hashlib.sha256()
+            for chunk in _strict.iter_exact(src, record["size"], shown, buf=bytearray(min(BUFFER_SIZE, max(record["size"], 1)))):
+                whole.update(chunk)
+            if whole.hexdigest() != hexdigest:
+                return 0, 0, shown
+            os.rename(temp, os.path.join(target_dir, hexdigest))
+            temp = None
+        except _strict.OutsideDataError:
+            return 0, 0, shown
+        finally:
+            if temp:
+                _discard(temp)
+    return 0, record["size"], None
 
 
 def merge_store_index(existing, incoming, store=None):
@@ -1405,29 +1453,32 @@ def open_set(sources, trusted_keys=None, allow_unsigned=False):
     return {"manifest": manifest, "found": found, "info": info, "index": incoming, "index_bytes": incoming_index, "layouts": layouts}
 
 
-def join_blobs(opened, store, digests, parallel=4, durable=True):
+def join_blobs(opened, store, digests, parallel=4, durable=True, link=False):
     """Join the blobs ``digests`` of an opened set (:func:`open_set`) into ``store``'s blob directory.
 
     Each is read strictly from its file or parts, hashed (every part and the whole) and renamed
     into place only when it matches; temporary files a crashed run left are removed first.
     ``durable=False`` skips the fsyncs, for a store that lives only as long as the run that
-    reads it. Returns ``(bytes written, [the files or blobs found corrupt])``.
+    reads it. ``link=True`` (only for such a store: the set's own files become its blobs) hashes a
+    blob held whole in a file on the store's filesystem in place and hard-links it instead of
+    copying it. Returns ``(bytes written, bytes linked, [the files or blobs found corrupt])``.
     """
     manifest, found = opened["manifest"], opened["found"]
     blob_dir = os.path.join(store, BLOB_DIR)
     os.makedirs(blob_dir, exist_ok=True)
     lock = _store.StoreLock(store)
     _files.remove_stale_temps(blob_dir, lock)
-    tasks = [(lambda d=d: _join_blob(store, d, manifest["blobs"][d], found, lock, durable)) for d in digests]
+    tasks = [(lambda d=d: _join_blob(store, d, manifest["blobs"][d], found, lock, durable, link)) for d in digests]
     corrupt = []
-    written = 0
-    for nbytes, error in run_parallel(tasks, parallel):
+    written = linked = 0
+    for nbytes, nlinked, error in run_parallel(tasks, parallel):
         written += nbytes
+        linked += nlinked
         if error:
             corrupt.append(error)
     if durable:
         _files.fsync_dir(blob_dir)
-    return written, sorted(corrupt)
+    return written, linked, sorted(corrupt)
 
 
 def read_blob_range(opened, digest, offset, length):
@@ -1527,7 +1578,7 @@ def unpack(sources, store, parallel=4, check_mode=False, trusted_keys=None, allo
     if result["bytes_to_write"] > free:
         raise BundleError("The store %s has %d bytes (%s) free but unpacking needs %d bytes (%s)." % (
             store, free, human_size(free), result["bytes_to_write"], human_size(result["bytes_to_write"])))
-    written, corrupt = join_blobs(opened, store, todo, parallel)
+    written, _linked, corrupt = join_blobs(opened, store, todo, parallel)
     if corrupt:
         raise BundleError("Bundle %s holds corrupt file(s), not unpacked: %s." % (manifest["bundle_id"], ", ".join(corrupt)),
                           corrupt=corrupt)

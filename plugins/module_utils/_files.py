@@ -245,3 +245,30 @@ def remove_stale_temps(directory, lock):
             discard(path)
             removed.append(name)
     return removed
+
+
+def mount_of(path, mountinfo="/proc/self/mountinfo"):
+    """``(device, mount point)`` of the mount ``path`` (or its nearest existing parent) is on.
+
+    Two paths can be hard-linked to each other only within one mount: a bind mount of the same
+    filesystem has the same device but another mount point. The mount point is the longest one of
+    ``mountinfo`` the resolved path lies under; without ``mountinfo`` it is None.
+    """
+    probe = os.path.realpath(path)
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    try:
+        device = os.stat(probe).st_dev
+    except OSError:
+        return None, None
+    try:
+        with open(mountinfo, "r") as handle:
+            points = [line.split()[4].replace("\\040", " ") for line in handle if len(line.split()) > 4]
+    except OSError:
+        return device, None
+    best = None
+    for point in points:
+        if probe == point or probe.startswith(point.rstrip("/") + "/"):
+            if best is None or len(point) > len(best):
+                best = point
+    return device, best

@@ -330,6 +330,9 @@ class SetSource:
     The signature against the trusted keys first, then every file's presence and size, the set's
     ``store.json`` and layouts (``_bundle.open_set``); only the blobs the plan needs are then joined
     into a staging store, each hashed before it is renamed into place (``_bundle.join_blobs``).
+    A blob the set holds whole in a file on the staging store's filesystem (a set copied onto the
+    host's disk) is hashed in place and hard-linked, not copied; blobs on other media are copied, so
+    that skopeo reads them from the host's disk, not from the medium a second time.
     """
 
     kind = "transfer_set"
@@ -348,6 +351,7 @@ class SetSource:
         self.warnings = tuple(self.opened["info"]["warnings"])
         self.blob_dir = os.path.join(self.staging, _store.BLOBS_DIR)
         self.written = False
+        self.linked = 0
 
     def describe(self):
         return {"kind": self.kind, "path": ", ".join(self.paths), "bundle_id": self.manifest["bundle_id"],
@@ -358,7 +362,17 @@ class SetSource:
         return sorted(digest for digest in blobs if digest not in self.manifest["blobs"])
 
     def staging_bytes(self, blobs):
-        return sum(blobs.values())
+        """The bytes the staging store needs: the blobs that are joined by copying (see :meth:`linkable`)."""
+        linked = self.linkable(blobs)
+        return sum(size for digest, size in blobs.items() if digest not in linked)
+
+    def linkable(self, blobs):
+        """The blobs of ``blobs`` the set holds whole in a file on the staging store's filesystem (hard-linked, not copied)."""
+        staging = _files.mount_of(self.staging)
+        volumes = dict((name, _files.mount_of(path)) for name, path in self.opened["found"].items())
+        return set(digest for digest in blobs
+                   if digest in self.manifest["blobs"] and "parts" not in self.manifest["blobs"][digest]
+                   and staging[0] is not None and volumes.get(self.manifest["blobs"][digest].get("volume")) == staging)
 
     def read_range(self, digest, size, offset, length):
         """Bytes of a blob as the set carries it (for size hints: not hashed yet); None when the set does not carry it."""
@@ -392,7 +406,7 @@ class SetSource:
         todo = sorted(blobs, key=lambda d: -blobs[d])
         self.written = True
         shutil.rmtree(self.staging, ignore_errors=True)
-        written, corrupt = _bundle.join_blobs(self.opened, self.staging, todo, parallel, durable=False)
+        written, self.linked, corrupt = _bundle.join_blobs(self.opened, self.staging, todo, parallel, durable=False, link=True)
         if corrupt:
             self.cleanup()
             raise LoadError("Bundle %s holds corrupt file(s), nothing was loaded: %s." % (self.manifest["bundle_id"], ", ".join(corrupt)),
@@ -606,6 +620,7 @@ class Loader:
             os.makedirs(os.path.dirname(os.path.abspath(self.record_path)), exist_ok=True)
             write_record(self.record_path, self.updated_record(record, the_plan, removals), self.write_file)
         result["bytes_staged"] = written
+        result["bytes_linked"] = getattr(self.source, "linked", 0)
         result["verified"] = len(the_plan["images"])
         result["timings"] = dict((name, round(value, 3)) for name, value in timings.items())
         result["seconds"] = round(self.clock() - started, 3)

@@ -27,7 +27,9 @@ description:
     code. Its signature is checked against O(trusted_keys) before anything else is read from the medium, then every
     file's presence and size (a file the set does not list is never opened), C(SHA256SUMS), and the set's
     C(store.json) and layouts against the signed manifest. Only the blobs the host needs are then read, each hashed
-    before it is used, into O(staging).
+    before it is used, into O(staging). A blob the set holds whole in a file on the filesystem of O(staging) (a set
+    copied onto the host's disk) is hashed in place and hard-linked there instead of copied; blobs on other
+    filesystems (a mounted medium) are copied, so that skopeo reads them from the host's disk.
   - Before anything is written, the module checks that the source holds every blob it needs, and that the
     storage, the temporary directory of skopeo and O(staging) have room for what is missing; a filesystem
     without room fails naming its path and the bytes.
@@ -117,6 +119,8 @@ options:
       - With a transfer set as O(src), the directory the blobs to load are joined into (a partial image
         store), each hashed on the way. The module owns it; it is emptied before the blobs are joined, removed once
         the images are loaded, and after a failure.
+      - On the filesystem of the transfer set, it costs no space and no copy (the set's files are hard-linked into
+        it); put it there when the set was copied onto the host.
     type: path
     default: /var/lib/airgap-microshift/host-images-staging
   record:
@@ -242,7 +246,7 @@ fetch_bytes:
   type: int
   sample: 812345678
 staging_bytes:
-  description: With a transfer set, the bytes joined into O(staging).
+  description: With a transfer set, the bytes to copy into O(staging) (blobs hard-linked from the set's own files are not counted).
   returned: always
   type: int
   sample: 0
@@ -257,10 +261,15 @@ temp_bytes:
   type: int
   sample: 312345678
 bytes_staged:
-  description: Bytes this run joined into O(staging).
+  description: Bytes this run copied into O(staging).
   returned: not check mode
   type: int
   sample: 0
+bytes_linked:
+  description: Bytes of blobs this run hashed in place in the transfer set and hard-linked into O(staging) instead of copying.
+  returned: not check mode
+  type: int
+  sample: 823495188
 verified:
   description: How many images were read back from the storage and matched their digests.
   returned: not check mode

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 
 import pytest
@@ -39,7 +40,8 @@ def _pack(store, dest, signing_key=KEY):
 @pytest.fixture
 def transfer_set(tmp_path):
     store = str(tmp_path / "store")
-    refs = [add_tar_image(store, "quay.io/example/one", TAR_BASE + [("top.bin", b"1" * 300000)]),
+    # Bytes that do not compress: the layer is larger than a part and crosses in several files.
+    refs = [add_tar_image(store, "quay.io/example/one", TAR_BASE + [("top.bin", random.Random(1).randbytes(300000))]),
             add_tar_image(store, "quay.io/example/two", TAR_BASE + [("top.bin", b"2" * 700)])]
     dest = str(tmp_path / "set")
     _pack(store, dest)
@@ -66,7 +68,11 @@ def test_load_from_a_transfer_set(tmp_path, capsys, transfer_set):
     assert planned["source"]["signed_by"] == _signing.fingerprint(KEY.public_key())
     assert not os.path.exists(str(tmp_path / "graph")) and not os.path.exists(str(tmp_path / "staging"))
     loaded, _out = run_main(image_load, capsys, _args(tmp_path, dest, refs))
-    assert loaded["changed"] and loaded["verified"] == 2 and loaded["bytes_staged"] == planned["bytes"]
+    assert loaded["changed"] and loaded["verified"] == 2
+    # On the set's own filesystem the blobs held whole are hard-linked; the one in parts is joined by copying,
+    # and the plan said so.
+    assert loaded["bytes_staged"] + loaded["bytes_linked"] == planned["bytes"]
+    assert 0 < loaded["bytes_staged"] == planned["staging_bytes"] < planned["bytes"]
     # The staging store is gone, the record names both images with their digests.
     assert not os.path.exists(str(tmp_path / "staging"))
     index = _store.read_index(store)
@@ -130,3 +136,43 @@ def test_a_signed_set_without_trusted_keys_is_refused(tmp_path, capsys, transfer
     result, _out = run_main(image_load, capsys, _args(tmp_path, dest, refs, trusted_keys=[]))
     assert result["failed"] and result["msg"].startswith("No trusted key was given to check the transfer set's signature")
     assert _nothing_written(tmp_path)
+
+
+def _whole_blob_file(dest, store, ref):
+    """A layer of ``ref`` (amd64) the set holds whole in one file: its path and how the set names it."""
+    entry = _store.read_index(store)["images"][ref]
+    manifest = [m for m in entry["manifests"] if m["platform"] == "linux/amd64"][0]
+    for blob in sorted(manifest["blobs"][1:], key=lambda b: -b["size"]):
+        for volume in sorted(os.listdir(dest)):
+            path = os.path.join(dest, volume, "blobs", "sha256", blob["digest"][7:])
+            if os.path.isfile(path):
+                return path, "%s/blobs/sha256/%s" % (volume, blob["digest"][7:])
+    raise AssertionError("no layer of %s is held whole" % ref)
+
+
+def test_linked_blobs_leave_the_set_as_it_was(tmp_path, capsys, transfer_set):
+    store, dest, refs = transfer_set
+    path, _shown = _whole_blob_file(dest, store, refs[1])
+    with open(path, "rb") as handle:
+        before = handle.read()
+    loaded, _out = run_main(image_load, capsys, _args(tmp_path, dest, refs))
+    assert loaded["bytes_linked"] > 0 and not os.path.exists(str(tmp_path / "staging"))
+    # The staging store's links are gone with it: the set's files are single files again, unchanged.
+    info = os.stat(path)
+    assert info.st_nlink == 1
+    with open(path, "rb") as handle:
+        assert handle.read() == before
+
+
+def test_a_corrupt_blob_on_the_same_filesystem_is_named_and_nothing_is_written(tmp_path, capsys, transfer_set):
+    store, dest, refs = transfer_set
+    path, shown = _whole_blob_file(dest, store, refs[1])
+    with open(path, "r+b") as handle:
+        handle.seek(100)
+        byte = handle.read(1)
+        handle.seek(100)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    result, _out = run_main(image_load, capsys, _args(tmp_path, dest, refs))
+    assert result["failed"] and result["corrupt"] == [shown]
+    assert result["msg"].startswith("Bundle ") and "holds corrupt file(s), nothing was loaded: %s." % shown in result["msg"]
+    assert _nothing_written(tmp_path) and os.stat(path).st_nlink == 1
