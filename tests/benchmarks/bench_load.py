@@ -10,8 +10,10 @@
 2. Measures the sequential write rate of the disk the hosts' storage lives on (``dd`` with fdatasync),
    and how long ``gzip -dc`` takes to unpack the host's unique layers on one core.
 3. One host, for every ``--drivers`` and ``--sources`` pair: ``airgap.microshift.image_load`` through
-   ``ansible-playbook`` (Ansible's start-up included) from the store (read in place) or from the set
-   (signature checked, blobs joined into a staging store) into an empty storage on that disk, then
+   ``ansible-playbook`` (Ansible's start-up included) from the store (read in place), from the set on
+   the host's disk (signature checked, blobs hashed in place and hard-linked into a staging store) or
+   from the same set through a read-only bind mount, as a medium plugged into the host (blobs copied
+   into the staging store) into an empty storage on that disk, then
    ``sync`` (the storage does not fsync its layers; the floor's ``dd`` does), then again (no-op).
    The storage's graphroot is a directory of the machine's ext4 disk, not an overlayfs, seen from the
    host's own mount namespace; which driver the storage really used is read back from the graphroot
@@ -178,6 +180,7 @@ def one_host(sb, node, disk, base, source, driver, rate, label):
         "unique_bytes": loaded["unique_bytes"],
         "bytes_read": loaded["bytes"],
         "bytes_staged": loaded.get("bytes_staged"),
+        "bytes_linked": loaded.get("bytes_linked"),
         "wall_s": round(wall, 2),
         "sync_s": round(sync_s, 2),
         "cpu_s": round(cpu, 2),
@@ -215,7 +218,9 @@ def main():
     parser.add_argument("--size", default="bench")
     parser.add_argument("--hosts", type=int, default=3)
     parser.add_argument("--drivers", default="overlay,vfs", help="storage drivers of the one-host loads, comma separated")
-    parser.add_argument("--sources", default="store,set", help="what the one-host loads read: store, set, or both")
+    parser.add_argument("--sources", default="store,set", help="what the one-host loads read, comma separated: store (read in place), set (the signed set on "
+                        "the host's disk: blobs hard-linked into the staging store), medium (the same set through a "
+                        "read-only bind mount: blobs copied)")
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--link", default="25000", help="rsync --bwlimit per host, KiB/s (25000 ~ 200 Mbit/s); 0: none")
     parser.add_argument("--changed", type=int, default=3, help="images removed from the first host before the site load")
@@ -252,7 +257,7 @@ def main():
         with open(trusted, "wb") as handle:
             handle.write(public_key_pem(key))
         medium = os.path.join(transfer, "set")
-        if "set" in sources:
+        if "set" in sources or "medium" in sources:
             pack(store, medium, signing_key=key, parallel=4)
         disk = os.path.join(args.state_dir, "hostdisk")
         os.makedirs(disk, exist_ok=True)
@@ -265,6 +270,13 @@ def main():
         first = st["hosts"][0]
         base = dict(images=amd64_refs, architecture="amd64", record="", parallel=args.parallel)
         kinds = {"store": {"src": [store]}, "set": {"src": [medium], "trusted_keys": [trusted]}}
+        if "medium" in sources:
+            # The same set seen through a read-only bind mount in the host's mount namespace: another mount,
+            # as a medium plugged into the host is, so its blobs are copied into the staging store.
+            mounted = "/run/bench-medium"
+            sh(sb.exec_argv(st["hosts"][0], ["sh", "-c", "mkdir -p %s && mount --bind %s %s && mount -o remount,bind,ro %s" % (
+                mounted, medium, mounted, mounted)]))
+            kinds["medium"] = {"src": [mounted], "trusted_keys": [trusted]}
         runs = {}
         # Interleaved repetitions: other jobs on the machine only ever add time, so the fastest run and
         # the median are both reported.

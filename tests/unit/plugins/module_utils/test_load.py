@@ -163,6 +163,21 @@ def test_storage_spec_and_conf(tmp_path):
     assert cs.oci_architecture("x86_64") == "amd64" and cs.oci_architecture("aarch64") == "arm64"
 
 
+def test_skopeo_runs_against_the_storage_with_a_relaxed_collector_unless_told_otherwise(monkeypatch):
+    seen = []
+
+    def runner(argv, env=None):
+        seen.append(dict((name, env.get(name)) for name in cs.GO_GC_ENV))
+        return 0, b"{}", ""
+    storage = cs.Storage("/srv/x", "/run/x", "overlay", conf={})
+    monkeypatch.delenv("GOGC", raising=False)
+    monkeypatch.delenv("GOMEMLIMIT", raising=False)
+    cs.StorageTool("/usr/bin/skopeo", storage, runner=runner).manifest_digest("quay.io/a:b")
+    monkeypatch.setenv("GOGC", "50")
+    cs.StorageTool("/usr/bin/skopeo", storage, runner=runner).manifest_digest("quay.io/a:b")
+    assert seen == [{"GOGC": "1000", "GOMEMLIMIT": "256MiB"}, {"GOGC": "50", "GOMEMLIMIT": "256MiB"}]
+
+
 needs_skopeo = pytest.mark.skipif(shutil.which("skopeo") is None or os.geteuid() != 0,
                                   reason="a real load needs skopeo and root (containers-storage)")
 
