@@ -70,9 +70,10 @@ def sh(argv, **kwargs):
     return subprocess.run(argv, **kwargs)  # pylint: disable=subprocess-run-check
 
 
-def ansible_module(sb, host, module, args, check=False, wait=True):
+def ansible_module(sb, host, module, args, check=False, wait=True, perf=None):
     """Run one module on one test bed node through ``ansible-playbook`` (a one-task play in a file, so a
-    large argument such as a store index never meets the command line's limits); (wall seconds, result)."""
+    large argument such as a store index never meets the command line's limits); (wall seconds, result).
+    With ``perf`` (a file name), the run is recorded by ``perf record`` into that file."""
     play = [{"name": "bench", "hosts": host, "gather_facts": False, "check_mode": check,
              "tasks": [{"name": module, module: args}]}]
     fd, path = tempfile.mkstemp(prefix="bench-load-", suffix=".yml")
@@ -80,7 +81,10 @@ def ansible_module(sb, host, module, args, check=False, wait=True):
         json.dump(play, handle)
     env = dict(ENV, ANSIBLE_CONFIG=sb.state["ansible"]["config"])
     started = time.monotonic()
-    proc = subprocess.Popen(["ansible-playbook", path], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    argv = ["ansible-playbook", path]
+    if perf:
+        argv = ["perf", "record", "-q", "-F", "499", "-g", "-o", perf, "--"] + argv
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def finish():
         out, err = proc.communicate()
@@ -155,7 +159,7 @@ def driver_used(graphroot):
     return ",".join(found) or None
 
 
-def one_host(sb, node, disk, base, source, driver, rate, label):
+def one_host(sb, node, disk, base, source, driver, rate, label, perf=None):
     """Load the host's images into an empty storage of ``driver`` from ``source`` (kwargs of image_load); the figures."""
     root = os.path.join(disk, "%s-%s" % (node, label))
     storage = {"graphroot": os.path.join(root, "storage"), "runroot": "/run/bench-storage-%s" % label, "driver": driver}
@@ -166,7 +170,7 @@ def one_host(sb, node, disk, base, source, driver, rate, label):
     os.makedirs(root)
     sh(["sync"])
     cpu0 = children_cpu()
-    wall, loaded = ansible_module(sb, node, "airgap.microshift.image_load", args)
+    wall, loaded = ansible_module(sb, node, "airgap.microshift.image_load", args, perf=perf)
     cpu = children_cpu() - cpu0
     sync_s = timed_sync()
     floor = loaded["unique_bytes"] / rate
@@ -229,6 +233,8 @@ def main():
     parser.add_argument("--no-site", action="store_true", help="only the one-host loads")
     parser.add_argument("--collections", default=None,
                         help="ANSIBLE_COLLECTIONS_PATH of the collection to measure (default: this checkout's .build/collections)")
+    parser.add_argument("--perf", default=None,
+                        help="record the first one-host load with perf record into this file (read it with go_profile.py)")
     parser.add_argument("--state-dir", default="/tmp/airgap-microshift-bench-load")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -284,7 +290,8 @@ def main():
             for driver in drivers:
                 for source in sources:
                     label = "%s-%s" % (driver, source)
-                    figures = one_host(sb, first, disk, base, kinds[source], driver, rate, "%s-%d" % (label, number))
+                    perf = args.perf if args.perf and not runs else None
+                    figures = one_host(sb, first, disk, base, kinds[source], driver, rate, "%s-%d" % (label, number), perf)
                     figures["loadavg"] = round(os.getloadavg()[0], 2)
                     runs.setdefault(label, []).append(figures)
                     print(json.dumps({label: figures}, sort_keys=True), file=sys.stderr)
